@@ -1,0 +1,51 @@
+# One-command entry points. `make demo` and `make test` set up the environment first when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+DEBIAN_PACKAGES := espeak-ng
+
+.PHONY: setup setup-gpu demo test test-fast bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@for pkg in $(DEBIAN_PACKAGES); do \
+	  if ! command -v $$pkg >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      echo "installing Debian package $$pkg"; \
+	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null) \
+	        || echo "warning: could not install $$pkg; the speech corpus (data.synth.speech) needs it"; \
+	    else \
+	      echo "note: install the Debian package $$pkg (sudo apt-get install $$pkg) for the speech corpus; going on without it"; \
+	    fi; \
+	  fi; \
+	done
+	@touch $(STAMP)
+
+# FAISS's GPU build replaces the CPU one (both provide the `faiss` module).
+setup-gpu: setup
+	$(PY) -m pip uninstall --quiet -y faiss-cpu
+	$(PY) -m pip install --quiet -e '.[gpu]'
+
+demo: $(STAMP)
+	$(VENV)/bin/accelerate launch pretrain.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

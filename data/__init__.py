@@ -1,0 +1,1 @@
+"""Media decoding, manifests, tokenizers, transforms, run configs and synthetic corpora."""

@@ -1,0 +1,1 @@
+"""Generators for small synthetic corpora that exercise the same code paths as real data."""

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval (FAISS), metrics, LRS2 lip-reading evaluation and query tools."""
