@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -87,3 +88,135 @@ class MetricsLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class StopRequest:
+    """Turns SIGTERM and Ctrl-C into a flag the training loop checks between steps.
+
+    The loop then saves a state and exits cleanly; a second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        import signal
+
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        logging.getLogger(__name__).warning("signal %d received: saving a state and stopping", signum)
+        self.requested = True
+
+
+class StateManager:
+    """Accelerate training states under ``run_dir/states/step-XXXXXXXX``, keeping the newest ``keep``.
+
+    A state is written to a hidden sibling and renamed into place once every process has written its
+    part, so a crash never leaves a half state under a real name. :meth:`resume` loads the newest state
+    that loads; a broken one is reported and the previous one is tried.
+    """
+
+    def __init__(self, run_dir: str | Path, accelerator: Any, keep: int = 2) -> None:
+        self.root = Path(run_dir) / "states"
+        self.accelerator = accelerator
+        self.keep = max(1, keep)
+
+    def states(self) -> list[tuple[int, Path]]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for p in self.root.iterdir():
+            if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit():
+                found.append((int(p.name[5:]), p))
+        return sorted(found)
+
+    def save(self, step: int) -> Path:
+        acc = self.accelerator
+        final = self.root / f"step-{step:08d}"
+        tmp = self.root / f".step-{step:08d}.partial"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / "step.json").write_text(json.dumps({"step": step}))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for _, old in self.states()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def resume(self) -> int:
+        """Load the newest loadable state; returns its step (0 when there is none)."""
+        log = logging.getLogger(__name__)
+        for _, path in reversed(self.states()):
+            try:
+                recorded = json.loads((path / "step.json").read_text())["step"]
+                self.accelerator.load_state(str(path))
+            except Exception as exc:  # noqa: BLE001 - any failure means: fall back to the previous state
+                log.warning(
+                    "state %s failed to load (%s: %s); trying the previous one",
+                    path,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
+                continue
+            log.info("resumed from %s (step %d)", path, recorded)
+            return int(recorded)
+        return 0
+
+
+def plot_curves(records: list[dict[str, Any]], out_png: str | Path, keys: list[str] | None = None) -> Path:
+    """Plot every numeric series of the metrics log against ``step`` into one PNG (one panel each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for rec in records:
+        if "step" not in rec:
+            continue
+        for k, v in rec.items():
+            if k == "step" or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if keys is not None and k not in keys:
+                continue
+            xs, ys = series.setdefault(k, ([], []))
+            xs.append(rec["step"])
+            ys.append(float(v))
+    names = sorted(series)
+    cols = min(3, max(1, len(names)))
+    rows = max(1, math.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        xs, ys = series[name]
+        ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(out_png)
