@@ -64,8 +64,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
-    """Instantiate dataclass ``cls`` from a nested dict, checking every key and type."""
+def build(cls: type[T], values: dict[str, Any], prefix: str = "", base: Any = None) -> T:
+    """Instantiate dataclass ``cls`` from a nested dict, checking every key and type.
+
+    Keys not given keep the value in ``base`` (an instance of ``cls``) or else the field default; a
+    nested dataclass merges over its own default instance, so overriding one key of a section keeps
+    the section's other defaults even when they differ from the nested class's defaults.
+    """
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
@@ -75,9 +80,23 @@ def build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
             raise ConfigError(
                 f"unknown config key {dotted!r} (value {value!r}); valid keys here: {', '.join(sorted(fields))}"
             )
-        kwargs[key] = _coerce(hints[key], value, dotted)
-    # Nested dataclasses not mentioned at all keep their defaults.
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            nested_base = getattr(base, key) if base is not None else _field_default(fields[key])
+            kwargs[key] = build(tp, value, prefix=f"{dotted}.", base=nested_base)
+        else:
+            kwargs[key] = _coerce(tp, value, dotted)
+    if base is not None:
+        return dataclasses.replace(base, **kwargs)
     return cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -89,3 +89,24 @@ def test_resolved_config_written_and_reloads(tmp_path):
     data = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert data["seed"] == 3 and data["optim"]["lr"] == 0.5
     assert parse_config(Run, ["--config", str(tmp_path / "config.yaml")]) == cfg
+
+
+@dataclass
+class Pre:
+    size: int = 224
+    fps: float = 10.0
+
+
+def _small_pre():
+    return Pre(size=64, fps=10.0)
+
+
+@dataclass
+class WithFactory:
+    seed: int = 0
+    pre: Pre = field(default_factory=_small_pre)
+
+
+def test_nested_override_keeps_section_defaults_from_factory():
+    cfg = parse_config(WithFactory, ["pre.fps=25"])
+    assert cfg.pre == Pre(size=64, fps=25.0)  # size stays the section's default, not the class default
