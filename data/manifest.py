@@ -1,0 +1,302 @@
+"""JSONL manifests and the clip dataset that every corpus (real or synthetic) goes through.
+
+One JSON object per line, one video (or one segment of a video) per object::
+
+    {"media": "videos/abc.mp4", "id": "abc", "start": 12.0, "end": 52.0,
+     "captions": [{"text": "cut the onions", "start": 14.2, "end": 17.9}, "an untimed caption"],
+     "labels": ["cooking"]}
+
+``media`` is required and relative to the manifest's directory (absolute paths work too); everything
+else is optional. ``start``/``end`` bound where clips are cut (default: the whole file). Caption times
+are seconds on the media's own timeline; a caption without times covers the whole entry. An entry
+without captions gives ``text_mask = 0``; a file without an audio stream gives ``audio_mask = 0``.
+
+MIL-NCE positives (Miech et al., 2020; VATT uses 5): the clip's own caption is the one that contains
+the clip centre (or is nearest to it), followed by up to P - 1 more captions nearest in time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from data.collate import DataFailureError, FailureTracker, ItemFailure, batch_size, collate
+from data.media import MediaError, MediaReader
+from data.tokenizer import Tokenizer
+from data.transforms import AudioTransform, PreprocessConfig, VideoTransform
+
+logger = logging.getLogger(__name__)
+
+# Batching lives in data.collate; re-exported so one import serves a training script.
+__all__ = [
+    "Caption",
+    "DataFailureError",
+    "FailureTracker",
+    "ItemFailure",
+    "ManifestDataset",
+    "ManifestEntry",
+    "ManifestError",
+    "batch_size",
+    "caption_texts",
+    "collate",
+    "nearest_captions",
+    "parse_entry",
+    "read_manifest",
+]
+
+_KEYS = {"media", "id", "start", "end", "captions", "labels"}
+_CAPTION_KEYS = {"text", "start", "end"}
+
+
+class ManifestError(ValueError):
+    """A manifest line that does not follow the format; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    start: float | None = None  # None: the caption covers the whole entry
+    end: float | None = None
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One parsed manifest line; ``media`` is resolved against the manifest's directory."""
+
+    id: str
+    media: Path
+    start: float | None = None
+    end: float | None = None
+    captions: tuple[Caption, ...] = ()
+    labels: tuple[str, ...] = ()
+    line: int = 0
+
+
+def _number(value: Any, what: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ManifestError(f"{where}: {what} must be a number of seconds, got {value!r}")
+    return float(value)
+
+
+def _parse_caption(raw: Any, where: str) -> Caption:
+    if isinstance(raw, str):
+        return Caption(raw)
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: a caption must be a string or an object with 'text', got {raw!r}")
+    unknown = set(raw) - _CAPTION_KEYS
+    if unknown:
+        raise ManifestError(f"{where}: unknown caption key(s) {sorted(unknown)}; valid: {sorted(_CAPTION_KEYS)}")
+    if not isinstance(raw.get("text"), str):
+        raise ManifestError(f"{where}: caption 'text' must be a string, got {raw.get('text')!r}")
+    start = _number(raw["start"], "caption start", where) if raw.get("start") is not None else None
+    end = _number(raw["end"], "caption end", where) if raw.get("end") is not None else None
+    if (start is None) != (end is None):
+        raise ManifestError(f"{where}: a caption needs both 'start' and 'end' or neither")
+    if start is not None and end is not None and end < start:
+        raise ManifestError(f"{where}: caption end {end} is before its start {start}")
+    return Caption(raw["text"], start, end)
+
+
+def parse_entry(raw: Any, base: Path, where: str, line: int = 0) -> ManifestEntry:
+    """One manifest object -> :class:`ManifestEntry`; ``where`` prefixes error messages."""
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise ManifestError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(_KEYS)}")
+    media = raw.get("media")
+    if not isinstance(media, str) or not media:
+        raise ManifestError(f"{where}: 'media' (a path relative to the manifest) is required")
+    start = _number(raw["start"], "start", where) if raw.get("start") is not None else None
+    end = _number(raw["end"], "end", where) if raw.get("end") is not None else None
+    if start is not None and end is not None and end <= start:
+        raise ManifestError(f"{where}: end {end} is not after start {start}")
+    captions = raw.get("captions", [])
+    if not isinstance(captions, list):
+        raise ManifestError(f"{where}: 'captions' must be a list")
+    labels = raw.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, (str, int)) for x in labels):
+        raise ManifestError(f"{where}: 'labels' must be a list of strings or integers")
+    entry_id = raw.get("id", media if start is None else f"{media}@{start:g}")
+    if not isinstance(entry_id, str):
+        raise ManifestError(f"{where}: 'id' must be a string, got {entry_id!r}")
+    return ManifestEntry(
+        id=entry_id,
+        media=(base / media).resolve() if not Path(media).is_absolute() else Path(media),
+        start=start,
+        end=end,
+        captions=tuple(_parse_caption(c, f"{where} caption {i}") for i, c in enumerate(captions)),
+        labels=tuple(str(x) for x in labels),
+        line=line,
+    )
+
+
+def read_manifest(path: str | Path) -> list[ManifestEntry]:
+    """Parse a JSONL manifest; any bad line raises :class:`ManifestError` naming ``file:line``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    base = path.parent.resolve()
+    entries: list[ManifestEntry] = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            entry = parse_entry(raw, base, where, n)
+            if entry.id in seen:
+                raise ManifestError(f"{where}: id {entry.id!r} already used on line {seen[entry.id]}")
+            seen[entry.id] = n
+            entries.append(entry)
+    if not entries:
+        raise ManifestError(f"{path}: manifest has no entries")
+    return entries
+
+
+def caption_texts(entries: Sequence[ManifestEntry]) -> list[str]:
+    """All caption strings of a manifest, in order (for tokenizer training and retrieval galleries)."""
+    return [c.text for e in entries for c in e.captions]
+
+
+def nearest_captions(
+    captions: Sequence[Caption],
+    clip_start: float,
+    clip_end: float,
+    k: int,
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """Indices of the MIL-NCE positives for the clip ``[clip_start, clip_end)``, own caption first.
+
+    Captions are ranked by their distance in time to the clip centre (0 when the centre lies inside
+    the caption), then by how far their own centre is from it; an untimed caption covers everything.
+    Remaining ties keep manifest order, or are broken at random when ``generator`` is given (training
+    on corpora with several untimed captions per video then sees each of them as the first positive).
+    """
+    centre = 0.5 * (clip_start + clip_end)
+
+    def key(i: int) -> tuple[float, float]:
+        c = captions[i]
+        if c.start is None or c.end is None:
+            return (0.0, 0.0)
+        gap = 0.0 if c.start <= centre <= c.end else min(abs(centre - c.start), abs(centre - c.end))
+        return (gap, abs(0.5 * (c.start + c.end) - centre))
+
+    order = list(range(len(captions)))
+    if generator is not None:
+        order = torch.randperm(len(captions), generator=generator).tolist()
+    order.sort(key=key)  # stable: ties keep the (shuffled) order
+    return order[:k]
+
+
+@dataclass
+class _Window:
+    start: float
+    clip_index: int
+
+
+class ManifestDataset(Dataset):
+    """Clips from a manifest, decoded with :mod:`data.media` and transformed for VATT.
+
+    train: one item per video, a random clip inside the entry each time; eval: ``clips_per_video``
+    uniformly spaced clips per video, items are (video, clip) pairs in a fixed order. A file that
+    cannot be decoded gives an :class:`ItemFailure` (never a zero video); :func:`collate`
+    drops it and reports it in ``batch["failures"]`` for :class:`FailureTracker`.
+    ``entries`` holds the parsed manifest (paths, timed captions, labels) for evaluators.
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path | Sequence[ManifestEntry],
+        cfg: PreprocessConfig | None = None,
+        tokenizer: Tokenizer | None = None,
+        train: bool = True,
+        clips_per_video: int = 4,
+        decode_threads: int = 1,
+        with_audio: bool = True,
+    ) -> None:
+        self.entries = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+        if clips_per_video < 1:
+            raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
+        self.cfg = cfg if cfg is not None else PreprocessConfig()
+        self.tokenizer = tokenizer
+        self.train = train
+        self.clips_per_video = clips_per_video
+        self.decode_threads = decode_threads
+        self.with_audio = with_audio
+        self.video_transform = VideoTransform(self.cfg, train)
+        self.audio_transform = AudioTransform(self.cfg, train)
+
+    def __len__(self) -> int:
+        return len(self.entries) if self.train else len(self.entries) * self.clips_per_video
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Item index -> (video index, clip index); in training the clip index is always 0."""
+        if self.train:
+            return index, 0
+        return divmod(index, self.clips_per_video)
+
+    def _window(self, entry: ManifestEntry, duration: float, clip_index: int) -> _Window:
+        seg_start = entry.start if entry.start is not None else 0.0
+        seg_end = entry.end if entry.end is not None else duration
+        slack = max(0.0, seg_end - seg_start - self.cfg.clip_seconds)
+        if self.train:
+            return _Window(seg_start + slack * torch.rand(()).item(), 0)
+        n = self.clips_per_video
+        frac = 0.5 if n == 1 else clip_index / (n - 1)
+        return _Window(seg_start + slack * frac, clip_index)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | ItemFailure:
+        video_index, clip_index = self.locate(index)
+        entry = self.entries[video_index]
+        cfg = self.cfg
+        try:
+            with MediaReader(entry.media, threads=self.decode_threads) as reader:
+                window = self._window(entry, reader.info.duration, clip_index)
+                video = reader.read_video(window.start, cfg.num_frames, cfg.fps, size=cfg.resize_size)
+                audio = reader.read_audio(window.start, cfg.audio_samples, cfg.sample_rate) if self.with_audio else None
+        except MediaError as exc:
+            return ItemFailure(str(entry.media), str(exc), video_index)
+        audio_mask = 0.0 if audio is None else 1.0
+        audio = torch.zeros(cfg.audio_samples) if audio is None else self.audio_transform(audio)
+        text_ids, text_lengths, text_mask = self._text(entry, window)
+        return {
+            "video": self.video_transform(video),  # (T, C, H, W) float in [-1, 1]
+            "audio": audio,  # (S,)
+            "audio_mask": audio_mask,
+            "text_ids": text_ids,  # (P, L)
+            "text_lengths": text_lengths,  # (P,)
+            "text_mask": text_mask,
+            "video_index": video_index,
+            "clip_index": window.clip_index,
+            "id": f"{entry.id}@{window.start:.3f}",
+        }
+
+    def _text(self, entry: ManifestEntry, window: _Window) -> tuple[torch.Tensor, torch.Tensor, float]:
+        p, length = self.cfg.num_positives, self.cfg.max_text_len
+        ids = torch.zeros(p, length, dtype=torch.int64)
+        lengths = torch.zeros(p, dtype=torch.int64)
+        if self.tokenizer is None or not entry.captions:
+            return ids, lengths, 0.0
+        generator = None
+        if self.train:
+            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
+        picked = nearest_captions(
+            entry.captions, window.start, window.start + self.cfg.clip_seconds, p, generator=generator
+        )
+        enc_ids, enc_lengths = self.tokenizer.encode_batch([entry.captions[i].text for i in picked], length)
+        ids[: len(picked)] = enc_ids
+        lengths[: len(picked)] = enc_lengths
+        return ids, lengths, float(enc_lengths[0] > 0)

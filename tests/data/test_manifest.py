@@ -1,0 +1,322 @@
+"""Manifest parsing, MIL-NCE positives, the clip dataset, collate, bad-media handling and transforms."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from data.config import ConfigError
+from data.manifest import (
+    Caption,
+    DataFailureError,
+    FailureTracker,
+    ManifestDataset,
+    ManifestError,
+    batch_size,
+    caption_texts,
+    collate,
+    nearest_captions,
+    read_manifest,
+)
+from data.tokenizer import Tokenizer, train_tokenizer
+from data.transforms import AudioTransform, PreprocessConfig, VideoTransform
+from tests.data.conftest import GREY_FPS, grey_level
+
+# Six timed captions, 2 s each, on a 12 s timeline; plus one entry with untimed captions.
+TIMED = [(f"step {w} of the recipe", 2.0 * i, 2.0 * i + 2.0) for i, w in enumerate("abcdef")]
+
+SMALL = PreprocessConfig(
+    num_frames=8, fps=10.0, image_size=32, resize_size=32, sample_rate=8000, max_text_len=16, num_positives=3
+)
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "invalid JSON"),
+        ('{"captions": []}', "'media'"),
+        ('{"media": "a.mp4", "caption": "x"}', "unknown key"),
+        ('{"media": "a.mp4", "captions": [{"text": "x", "start": 3.0}]}', "both 'start' and 'end'"),
+        ('{"media": "a.mp4", "captions": [{"text": "x", "start": 3.0, "end": 1.0}]}', "before its start"),
+        ('{"media": "a.mp4", "start": 5, "end": 2}', "not after start"),
+        ('{"media": "a.mp4", "start": "soon"}', "number of seconds"),
+        ('["a.mp4"]', "JSON object"),
+        ('{"media": "b.mp4", "id": "first"}', "already used on line 1"),
+    ],
+)
+def test_bad_lines_give_one_line_errors_with_line_numbers(tmp_path, line, message):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"media": "ok.mp4", "id": "first"}\n\n' + line + "\n")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}:3") and message in text and "\n" not in text
+
+
+def test_parse_resolves_paths_and_keeps_everything(tmp_path):
+    sub = tmp_path / "corpus"
+    sub.mkdir()
+    rows = [
+        {"media": "v/a.mp4", "start": 1.5, "end": 9, "captions": [{"text": "x", "start": 2, "end": 3}, "y"]},
+        {"media": "/abs/b.mp4", "id": "bee", "labels": ["dog", 7]},
+    ]
+    a, b = read_manifest(write_manifest(sub / "m.jsonl", rows))
+    assert a.media == (sub / "v" / "a.mp4").resolve() and a.id == "v/a.mp4@1.5"
+    assert (a.start, a.end) == (1.5, 9.0)
+    assert a.captions == (Caption("x", 2.0, 3.0), Caption("y"))
+    assert b.media == Path("/abs/b.mp4") and b.id == "bee" and b.labels == ("dog", "7") and b.captions == ()
+    assert caption_texts([a, b]) == ["x", "y"]
+
+
+# --------------------------------------------------------------------------- MIL-NCE positives
+
+
+def brute_force_positives(captions, clip_start, clip_end, k):
+    """Reference: float64 distances written out separately from the library's key function."""
+    centre = (clip_start + clip_end) / 2
+    scored = []
+    for i, (_, s, e) in enumerate(captions):
+        inside = s <= centre <= e
+        gap = 0.0 if inside else min(abs(centre - s), abs(centre - e))
+        scored.append((gap, abs((s + e) / 2 - centre), i))
+    return [i for _, _, i in sorted(scored)][:k]
+
+
+@pytest.mark.parametrize("clip_start", [0.0, 3.0, 4.4, 6.9, 8.8, 11.0, 20.0])
+def test_nearest_captions_match_brute_force(clip_start):
+    caps = [Caption(t, s, e) for t, s, e in TIMED]
+    got = nearest_captions(caps, clip_start, clip_start + 3.2, k=5)
+    assert got == brute_force_positives(TIMED, clip_start, clip_start + 3.2, 5)
+
+
+def test_nearest_captions_hand_checked():
+    caps = [Caption(t, s, e) for t, s, e in TIMED]
+    # Clip [3.0, 6.2): centre 4.6 lies in caption 2 [4, 6]; then 1 (0.6 s away), 3 (1.4), 0 (2.6), 4 (3.4).
+    assert nearest_captions(caps, 3.0, 6.2, k=5) == [2, 1, 3, 0, 4]
+    # Centre outside every caption: the nearest edge wins; a caption whose edge is the centre contains it.
+    gappy = [Caption("a", 0.0, 1.0), Caption("b", 5.0, 6.0), Caption("c", 2.5, 3.0)]
+    assert nearest_captions(gappy, 1.5, 3.5, k=3) == [2, 0, 1]  # centre 2.5: c (0), a (1.5), b (2.5)
+    assert nearest_captions(gappy, 3.1, 4.1, k=2) == [2, 1]  # centre 3.6: c (0.6), b (1.4), a (2.6)
+
+
+def test_untimed_captions_keep_order_in_eval_and_shuffle_in_train():
+    caps = [Caption(f"c{i}") for i in range(8)]
+    assert nearest_captions(caps, 0.0, 3.2, k=5) == [0, 1, 2, 3, 4]
+    firsts = {nearest_captions(caps, 0.0, 3.2, k=5, generator=torch.Generator().manual_seed(s))[0] for s in range(40)}
+    assert len(firsts) >= 5
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, grey_ramp, fast_ramp, bad_files):
+    """A hand-written manifest over the generated files; the grey ramp twice with different windows."""
+    d = tmp_path_factory.mktemp("corpus")
+    timed = [{"text": t, "start": s, "end": e} for t, s, e in TIMED]
+    rows = [
+        {"media": str(grey_ramp), "id": "grey", "captions": timed},
+        {"media": str(fast_ramp), "id": "silent", "captions": ["a grey ramp without sound"]},
+        {"media": str(grey_ramp), "id": "grey_late", "start": 2.0, "end": 4.8},
+        {"media": str(grey_ramp), "id": "grey_untimed", "captions": ["first of three", "second one", "third"]},
+    ]
+    manifest = write_manifest(d / "good.jsonl", rows)
+    texts = caption_texts(read_manifest(manifest))
+    tok = Tokenizer(train_tokenizer(texts * 4, vocab_size=80, out=d / "tok.model"))
+    bad_rows = rows + [{"media": str(p), "id": k} for k, p in sorted(bad_files.items())]
+    return {"manifest": manifest, "bad": write_manifest(d / "bad.jsonl", bad_rows), "tok": tok, "dir": d}
+
+
+def grey_index_of(video: torch.Tensor) -> list[int]:
+    """Source frame index per output frame of the grey ramp, from normalised values back to levels."""
+    levels = ((video.double() + 1) / 2 * 255).mean(dim=(1, 2, 3))
+    return [round((x - grey_level(0)) / (grey_level(1) - grey_level(0))) for x in levels.tolist()]
+
+
+def test_eval_clips_uniformly_spaced_and_deterministic(corpus):
+    ds = ManifestDataset(corpus["manifest"], SMALL, corpus["tok"], train=False, clips_per_video=3)
+    assert len(ds) == 12
+    # grey: 4.8 s file, 0.8 s clips -> starts 0.0, 2.0, 4.0; grey_late: window [2.0, 4.8] -> 2.0, 3.0, 4.0.
+    for item_index, start in [(0, 0.0), (1, 2.0), (2, 4.0), (6, 2.0), (7, 3.0), (8, 4.0)]:
+        item = ds[item_index]
+        first = round(start * GREY_FPS)
+        assert grey_index_of(item["video"]) == list(range(first, first + 8))
+        assert item["id"].endswith(f"@{start:.3f}")
+        assert item["clip_index"] == item_index % 3 and item["video_index"] == item_index // 3
+    a, b = ds[4], ds[4]
+    assert torch.equal(a["video"], b["video"]) and torch.equal(a["audio"], b["audio"])
+
+
+def test_item_contract_and_ranges(corpus):
+    ds = ManifestDataset(corpus["manifest"], SMALL, corpus["tok"], train=True)
+    torch.manual_seed(0)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["video"].shape == (8, 3, 32, 32) and item["video"].dtype == torch.float32
+        assert item["video"].min() >= -1 and item["video"].max() <= 1
+        assert item["audio"].shape == (SMALL.audio_samples,) == (6400,)
+        assert item["audio"].abs().max() <= 1
+        assert item["text_ids"].shape == (3, 16) and item["text_lengths"].shape == (3,)
+    assert ds[1]["audio_mask"] == 0.0 and ds[1]["audio"].abs().max() == 0  # file without audio
+    assert ds[0]["audio_mask"] == 1.0
+    no_text = ds[2]
+    assert no_text["text_mask"] == 0.0 and no_text["text_lengths"].sum() == 0 and no_text["text_ids"].sum() == 0
+
+
+def test_train_clips_random_inside_entry_window(corpus):
+    ds = ManifestDataset(corpus["manifest"], SMALL, None, train=True)
+    torch.manual_seed(1)
+    starts = [float(ds[2]["id"].split("@")[1]) for _ in range(12)]
+    assert all(2.0 <= s <= 4.0 for s in starts) and len(set(starts)) > 6  # window [2.0, 4.8] minus 0.8 s
+
+
+def test_text_positives_follow_the_clip(corpus):
+    tok = corpus["tok"]
+    ds = ManifestDataset(corpus["manifest"], SMALL, tok, train=False, clips_per_video=3)
+    caps = [Caption(t, s, e) for t, s, e in TIMED]
+    for clip in range(3):
+        item = ds[clip]
+        start = float(item["id"].split("@")[1])
+        picked = nearest_captions(caps, start, start + SMALL.clip_seconds, 3)
+        want = [tok.decode(tok.encode(TIMED[i][0])[:16]) for i in picked]
+        got = [tok.decode(row[:n].tolist()) for row, n in zip(item["text_ids"], item["text_lengths"])]
+        assert got == want
+        assert item["text_mask"] == 1.0
+    # Only one caption: one positive slot filled, the rest empty.
+    silent = ds[3]
+    assert silent["text_lengths"].tolist()[1:] == [0, 0] and silent["text_lengths"][0] > 0
+
+
+def test_collate_batch_contract(corpus):
+    ds = ManifestDataset(corpus["manifest"], SMALL, corpus["tok"], train=False, clips_per_video=2)
+    batch = collate([ds[i] for i in range(5)])
+    assert batch["video"].shape == (5, 8, 3, 32, 32)
+    assert batch["audio"].shape == (5, 6400)
+    assert batch["text_ids"].shape == (5, 3, 16) and batch["text_ids"].dtype == torch.int64
+    assert batch["text_lengths"].shape == (5, 3) and batch["text_lengths"].dtype == torch.int64
+    assert batch["audio_mask"].tolist() == [1, 1, 0, 0, 1] and batch["audio_mask"].dtype == torch.float32
+    assert batch["text_mask"].tolist() == [1, 1, 1, 1, 0]
+    assert batch["video_index"].tolist() == [0, 0, 1, 1, 2] and batch["clip_index"].tolist() == [0, 1, 0, 1, 0]
+    assert len(batch["ids"]) == 5 and batch["failures"] == []
+
+
+# --------------------------------------------------------------------------- bad media
+
+
+def test_bad_media_skipped_counted_logged_once_with_workers(corpus, bad_files, caplog):
+    ds = ManifestDataset(corpus["bad"], SMALL, corpus["tok"], train=True)
+    bad_paths = {str(p) for p in bad_files.values()}
+    loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, collate_fn=collate)
+    tracker = FailureTracker(max_fail_fraction=0.9, min_attempts=1)
+    seen_ids, seen_failures = [], []
+    with caplog.at_level(logging.WARNING, logger="data.collate"):
+        for _epoch in range(2):
+            for batch in loader:
+                tracker.update(batch)
+                seen_failures += [p for p, _ in batch["failures"]]
+                if batch_size(batch):
+                    seen_ids += batch["ids"]
+                    # No stand-in zero videos: every clip in a batch is real decoded content.
+                    assert (batch["video"].flatten(1).abs().amax(dim=1) > 0).all()
+    assert len(seen_ids) == 2 * 4 and tracker.attempts == 2 * len(ds)
+    assert sorted(seen_failures) == sorted(list(bad_paths) * 2)
+    assert tracker.failed == 2 * len(bad_paths)
+    warned = [r.getMessage() for r in caplog.records if "bad media" in r.getMessage()]
+    assert len(warned) == len(bad_paths)  # once per file, not once per attempt
+    assert all(any(p in m for m in warned) for p in bad_paths)
+
+
+def test_failure_threshold_stops_with_readable_message(corpus, bad_files):
+    ds = ManifestDataset(corpus["bad"], SMALL, None, train=False, clips_per_video=1)
+    tracker = FailureTracker(max_fail_fraction=0.01, min_attempts=3)
+    with pytest.raises(DataFailureError) as info:
+        for batch in DataLoader(ds, batch_size=2, collate_fn=collate):
+            tracker.update(batch)
+    message = str(info.value)
+    assert "max_fail_fraction 1%" in message and "first failures" in message
+    assert str(bad_files["empty"]) in message or str(bad_files["missing"]) in message
+    assert message.splitlines()[0].startswith(f"{tracker.failed} of {tracker.attempts} clips failed")
+
+
+def test_threshold_respects_min_attempts_then_final_check():
+    tracker = FailureTracker(max_fail_fraction=0.25, min_attempts=10)
+    tracker.update({"ids": ["a"], "failures": [("x.mp4", "empty file")]})  # 50%, but only 2 attempts
+    tracker.update({"ids": ["b", "c", "d"], "failures": [("x.mp4", "empty file")]})  # 33% of 6: still too few
+    assert (tracker.attempts, tracker.failed) == (6, 2)
+    with pytest.raises(DataFailureError, match="2 of 6 clips failed"):
+        tracker.check(final=True)  # end of epoch: judged whatever the count
+    fresh = FailureTracker(max_fail_fraction=0.25, min_attempts=10)
+    fresh.load_state_dict(tracker.state_dict())
+    fresh.update({"ids": ["e", "f", "g", "h"], "failures": []})  # 2 of 10 = 20%: within budget
+    with pytest.raises(DataFailureError, match="3 of 11"):
+        fresh.update({"ids": [], "failures": [("y.mp4", "no video stream")]})
+
+
+# --------------------------------------------------------------------------- transforms and config
+
+
+def test_preprocess_defaults_and_strict_round_trip():
+    cfg = PreprocessConfig()
+    assert cfg.audio_samples == 153600 and (cfg.num_frames, cfg.fps, cfg.image_size) == (32, 10.0, 224)
+    d = cfg.to_dict()
+    assert d["audio_samples"] == 153600 and d["mean"] == [0.5, 0.5, 0.5]
+    assert PreprocessConfig.from_dict(json.loads(json.dumps(d))) == cfg
+    with pytest.raises(ConfigError, match="num_frame"):
+        PreprocessConfig.from_dict({"num_frame": 8})
+    with pytest.raises(ConfigError, match="audio_samples"):
+        PreprocessConfig.from_dict({**d, "num_frames": 8})  # stale derived value
+    with pytest.raises(ConfigError):
+        PreprocessConfig.from_dict({"fps": "fast"})
+    small = PreprocessConfig.from_dict({"num_frames": 8, "sample_rate": 16000})
+    assert small.audio_samples == round(16000 * 8 / 10.0)
+
+
+def test_eval_video_transform_equals_float64_reference():
+    torch.manual_seed(0)
+    cfg = PreprocessConfig(image_size=4, resize_size=6, mean=(0.2, 0.4, 0.6), std=(0.1, 0.2, 0.3))
+    video = torch.randint(0, 256, (3, 3, 6, 10), dtype=torch.uint8)  # shorter side already 6: no resize
+    out = VideoTransform(cfg, train=False)(video)
+    crop = video.double()[:, :, 1:5, 3:7] / 255
+    ref = (crop - torch.tensor(cfg.mean, dtype=torch.float64)[:, None, None]) / torch.tensor(
+        cfg.std, dtype=torch.float64
+    )[:, None, None]
+    assert out.dtype == torch.float32 and out.shape == (3, 3, 4, 4)
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=0)
+
+
+def test_train_video_transform_same_augmentation_for_every_frame():
+    torch.manual_seed(0)
+    frame = torch.randint(0, 256, (1, 3, 40, 56), dtype=torch.uint8)
+    video = frame.expand(6, -1, -1, -1).clone()
+    transform = VideoTransform(PreprocessConfig(image_size=16, resize_size=40, min_scale=0.2), train=True)
+    outs = [transform(video) for _ in range(5)]
+    for out in outs:
+        assert out.shape == (6, 3, 16, 16) and out.min() >= -1 and out.max() <= 1
+        assert torch.equal(out, out[:1].expand_as(out))  # one crop/flip/jitter for the whole clip
+    assert not torch.equal(outs[0], outs[1])  # but a new one per call
+
+
+def test_audio_transform_gain_and_vatt_noise():
+    cfg = PreprocessConfig(audio_gain_db=0.0, audio_noise=0.01)
+    x = 0.5 * torch.sin(torch.linspace(0, 200 * math.pi, 48000))
+    assert torch.equal(AudioTransform(cfg, train=False)(x), x)
+    torch.manual_seed(0)
+    noisy = AudioTransform(cfg, train=True)(x)
+    assert abs((noisy - x).std().item() - 0.01 * 0.5) < 2e-4  # noise std = 0.01 * max|x|
+    quiet = AudioTransform(PreprocessConfig(audio_gain_db=6.0, audio_noise=0.0), train=True)
+    ratios = [quiet(x).abs().max().item() / 0.5 for _ in range(50)]
+    assert min(ratios) >= 10 ** (-6 / 20) - 1e-6 and max(ratios) <= 1.0 and max(ratios) - min(ratios) > 0.2
