@@ -1,0 +1,64 @@
+"""Load a VATT export (``data.export``) into a ready model, its preprocessing and its tokenizer.
+
+The export names a registered architecture and its overrides, so the model is rebuilt with
+``vatt.create_model`` and the weights are loaded strictly (a missing or extra tensor is an error,
+never a silently random layer). The model comes back in eval mode, where DropToken is off.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import vatt
+from data.config import ConfigError
+from data.export import META, ExportError, read_export
+from data.tokenizer import Tokenizer
+from data.transforms import PreprocessConfig
+
+
+@dataclass
+class VattExport:
+    """A loaded export: ``model`` (eval mode, on ``device``), ``preprocess``, ``tokenizer`` and ``fingerprint``."""
+
+    model: torch.nn.Module
+    preprocess: PreprocessConfig
+    tokenizer: Tokenizer | None
+    fingerprint: str
+    path: Path
+    extra: dict[str, Any]
+
+
+def load_vatt_export(path: str | Path, device: str | torch.device = "cpu") -> VattExport:
+    """Read ``path`` (kind ``"vatt"``), rebuild the model and load its weights; raises ExportError with one line."""
+    path = Path(path)
+    exp = read_export(path, kind="vatt")
+    try:
+        model = vatt.create_model(exp.model_name, **exp.overrides)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"export {str(path)!r} names a model that cannot be built: {exc}") from None
+    try:
+        model.load_state_dict(exp.state_dict, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ExportError(f"export {str(path)!r} weights do not fit {exp.model_name!r}: {first}") from None
+    try:
+        preprocess = PreprocessConfig.from_dict(exp.preprocess)
+    except ConfigError as exc:
+        raise ExportError(f"export {str(path)!r} has an invalid preprocessing config: {exc}") from None
+    tokenizer = Tokenizer(exp.tokenizer_path) if exp.tokenizer_path is not None else None
+    model.to(device).eval()
+    return VattExport(model, preprocess, tokenizer, exp.fingerprint, path, exp.extra)
+
+
+def export_fingerprint(path: str | Path) -> str:
+    """The fingerprint recorded in an export, without loading its weights."""
+    meta = Path(path) / META
+    try:
+        return str(json.loads(meta.read_text())["fingerprint"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"export {str(path)!r} has no readable fingerprint in {META}: {exc}") from None
