@@ -31,8 +31,13 @@ setup-gpu: setup
 	$(PY) -m pip uninstall --quiet -y faiss-cpu
 	$(PY) -m pip install --quiet -e '.[gpu]'
 
+DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_QUERY := a large red circle moving left
+
 demo: $(STAMP)
-	$(VENV)/bin/accelerate launch pretrain.py
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+	  pretrain.py output_dir=$(DEMO_RUN)
+	$(PY) -m eval.search --index $(DEMO_RUN)/index "$(DEMO_QUERY)" -k 5 --sheet $(DEMO_RUN)/query.png
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,36 +1,315 @@
-"""VATT contrastive pretraining.
+"""VATT contrastive pretraining: NCE between video and audio, MIL-NCE between video and text.
 
-accelerate launch pretrain.py [--config configs/FILE.yaml] [key=value ...]
+    accelerate launch pretrain.py [--config configs/pretrain/FILE.yaml] [key=value ...]
+
+With no arguments it trains the CPU-sized ``vatt_tiny`` on the built-in synthetic corpus (generated
+into ``.cache/`` on first use) and ends with a zero-shot retrieval table on the held-out clips. The
+paper's recipes live in ``configs/pretrain/``. One optimizer step consumes ``batch_size`` clips in
+all, split over processes and ``grad_accum`` micro-batches; contrastive negatives span one micro-batch
+across all processes (embeddings are gathered with gradients), not the accumulated batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+from torch.utils.data import ConcatDataset, DataLoader
+from tqdm.auto import tqdm
+
+import vatt
+from data.collate import FailureTracker, batch_size, collate
 from data.config import ConfigError, parse_config, save_config
-from data.rundir import new_run_dir, setup_logging
+from data.export import save_export
+from data.manifest import ManifestDataset, ManifestEntry, read_manifest
+from data.rundir import (
+    MetricsLog,
+    StateManager,
+    StopRequest,
+    atomic_write_json,
+    new_run_dir,
+    plot_curves,
+    setup_logging,
+)
+from data.sampling import SeededItems, StepBatchSampler
+from data.schedule import warmup_cosine
+from data.synth import shapes
+from data.tokenizer import Tokenizer, train_tokenizer
+from data.transforms import PreprocessConfig
+from eval.retrieval import evaluate_retrieval, format_table
+from vatt.losses import VattLoss
 
 log = logging.getLogger("pretrain")
+
+
+def _cpu_preprocess() -> PreprocessConfig:
+    # The built-in corpus at CPU size: 8 frames of 64x64 over the 3.2 s clip, audio at 8 kHz.
+    return shapes.demo_preprocess(sample_rate=8000)
+
+
+@dataclass
+class DataConfig:
+    train_manifests: list[str] = field(default_factory=list)  # empty: the built-in synthetic corpus
+    val_manifest: str = ""  # empty with the synthetic corpus: its held-out split
+    synth_dir: str = ".cache"  # the corpus goes to <synth_dir>/shapes-<train>-<val>
+    synth_train: int = 2000
+    synth_val: int = 256
+    tokenizer: str = ""  # a SentencePiece .model; empty: train one on the training captions
+    vocab_size: int = 1000
+    num_workers: int = 2
+    decode_threads: int = 1
+    max_fail_fraction: float = 0.01
+    shuffle_captions: bool = False  # control run: captions permuted across training videos
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vatt_tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)  # architecture fields, e.g. {"video.depth": 2}
+    drop_token: float = 0.5  # keep ratio of video and audio tokens in training
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4  # VATT: 1e-4 at batch 2048 (configs/pretrain)
+    end_lr: float = 1e-4
+    warmup_steps: int = 100
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # 0 disables clipping
 
 
 @dataclass
 class PretrainConfig:
     output_dir: str = ""  # empty: a fresh timestamped directory under runs/
-    max_steps: int = 1000
+    max_steps: int = 375
     seed: int = 0
+    resume: Literal["auto", "never"] = "auto"
+    batch_size: int = 64  # clips per optimizer step, over all processes and accumulation steps
+    grad_accum: int = 1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    temperature: float = 0.07
+    log_every: int = 10
+    eval_every: int = 0  # retrieval eval + export every N steps; 0: only at the end
+    save_every: int = 125  # training state, and at the end; 0: only on SIGTERM / Ctrl-C
+    keep_states: int = 2
+    eval_clips_per_video: int = 4
+    eval_batch_size: int = 64
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=_cpu_preprocess)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def prepare_data(cfg: PretrainConfig, run_dir: Path) -> tuple[list[list[ManifestEntry]], str, Path]:
+    """Training manifests (read), the val manifest path and the tokenizer file, creating what is missing."""
+    d = cfg.data
+    train_paths, val = list(d.train_manifests), d.val_manifest
+    if not train_paths:
+        corpus = shapes.generate(
+            Path(d.synth_dir) / f"shapes-{d.synth_train}-{d.synth_val}", d.synth_train, d.synth_val
+        )
+        train_paths, val = [str(corpus / "train.jsonl")], val or str(corpus / "val.jsonl")
+    manifests = [read_manifest(p) for p in train_paths]
+    if d.shuffle_captions:
+        manifests = [_shuffle_captions(m, cfg.seed) for m in manifests]
+    tok = Path(d.tokenizer) if d.tokenizer else run_dir / "tokenizer.model"
+    if not d.tokenizer and not tok.exists():
+        train_tokenizer([e for m in manifests for e in m], d.vocab_size, tok)
+    return manifests, val, tok
+
+
+def _shuffle_captions(entries: list[ManifestEntry], seed: int) -> list[ManifestEntry]:
+    perm = torch.randperm(len(entries), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [dataclasses.replace(e, captions=entries[j].captions) for e, j in zip(entries, perm)]
+
+
+def model_overrides(cfg: PretrainConfig, vocab_size: int) -> dict[str, Any]:
+    """Input sizes come from the preprocessing config and the tokenizer, never typed twice."""
+    pp = cfg.preprocess
+    return {
+        "num_frames": pp.num_frames,
+        "image_size": pp.image_size,
+        "audio_samples": pp.audio_samples,
+        "max_text_len": pp.max_text_len,
+        "vocab_size": vocab_size,
+        "drop_token": cfg.model.drop_token,
+        **cfg.model.overrides,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
     try:
         cfg = parse_config(PretrainConfig, sys.argv[1:] if argv is None else argv)
+        if cfg.batch_size % cfg.grad_accum:
+            raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}")
     except ConfigError as exc:
         sys.exit(f"pretrain.py: {exc}")
-    run_dir = new_run_dir(cfg.output_dir, prefix="pretrain")
-    save_config(cfg, run_dir / "config.yaml")
-    log.info("run directory: %s", run_dir)
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    setup_logging(main_process=accelerator.is_main_process)
+    world = accelerator.num_processes
+    micro_batch = cfg.batch_size // cfg.grad_accum  # over all processes
+    if micro_batch % world:
+        sys.exit(f"pretrain.py: batch_size/grad_accum = {micro_batch} is not divisible by {world} processes")
+
+    run_dir = [new_run_dir(cfg.output_dir, prefix="pretrain") if accelerator.is_main_process else None]
+    run_dir = Path(broadcast_object_list(run_dir)[0])
+    with accelerator.main_process_first():
+        manifests, val_manifest, tok_file = prepare_data(cfg, run_dir)
+    if accelerator.is_main_process:
+        save_config(cfg, run_dir / "config.yaml")
+    tokenizer = Tokenizer(tok_file)
+
+    set_seed(cfg.seed)
+    overrides = model_overrides(cfg, tokenizer.vocab_size)
+    model = vatt.create_model(cfg.model.name, **overrides)
+    loss_fn = VattLoss(temperature=cfg.temperature)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+    )
+    schedule = warmup_cosine(cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.end_lr / cfg.optim.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    failures = FailureTracker(max_fail_fraction=cfg.data.max_fail_fraction)
+    # Stepped by hand (once per optimizer step) and saved with every state.
+    accelerator.register_for_checkpointing(scheduler, failures)
+
+    states = StateManager(run_dir, accelerator, keep=cfg.keep_states)
+    start_step = states.resume() if cfg.resume == "auto" else 0
+
+    train_set = ConcatDataset(
+        [
+            ManifestDataset(m, cfg.preprocess, tokenizer, train=True, decode_threads=cfg.data.decode_threads)
+            for m in manifests
+        ]
+    )
+    sampler = StepBatchSampler(
+        len(train_set),
+        micro_batch,
+        seed=cfg.seed,
+        rank=accelerator.process_index,
+        world_size=world,
+        start_step=start_step * cfg.grad_accum,
+        max_steps=cfg.max_steps * cfg.grad_accum,
+    )
+    loader = DataLoader(
+        SeededItems(train_set),
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        # Its own generator: creating the iterator must not consume the global RNG that DropToken
+        # draws from, or a resumed run would drift from an uninterrupted one.
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    export_meta = {"model_name": cfg.model.name, "overrides": overrides, "tokenizer_file": tok_file}
+
+    def evaluate_and_export(step: int) -> dict[str, dict[str, float]] | None:
+        result = None
+        if accelerator.is_main_process:
+            net = accelerator.unwrap_model(model)
+            export = save_export(
+                run_dir / "export",
+                kind="vatt",
+                state_dict=net.state_dict(),
+                preprocess=cfg.preprocess.to_dict(),
+                extra={"step": step},
+                **export_meta,
+            )
+            result = evaluate_retrieval(
+                net,
+                cfg.preprocess,
+                tokenizer,
+                val_manifest,
+                clips_per_video=cfg.eval_clips_per_video,
+                batch_size=cfg.eval_batch_size,
+                num_workers=cfg.data.num_workers,
+                index_dir=run_dir / "index",
+                export_dir=export,
+                device=accelerator.device,
+            )
+            net.train()
+            metrics.write({"step": step, **{f"{k}/{m}": v for k, ms in result.items() for m, v in ms.items()}})
+        accelerator.wait_for_everyone()
+        return result
+
+    model.train()
+    step = start_step
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="pretrain", disable=not accelerator.is_main_process)
+    window_clips, window_start = 0, time.perf_counter()
+    micro = 0
+    with StopRequest() as stop:
+        for batch in loader:
+            failures.update(batch)
+            if batch_size(batch) == 0:
+                continue
+            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            # Padding beyond the longest caption is masked anyway: trimming it saves text-tower compute.
+            batch["text_ids"] = batch["text_ids"][..., : max(1, int(batch["text_lengths"].max()))]
+            with accelerator.accumulate(model):
+                out = model(batch["video"], batch["audio"], batch["text_ids"], batch["text_lengths"])
+                losses = loss_fn(
+                    **out,
+                    text_lengths=batch["text_lengths"],
+                    text_mask=batch["text_mask"],
+                    audio_mask=batch["audio_mask"],
+                )
+                accelerator.backward(losses["loss"])
+                if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            window_clips += batch["video"].shape[0] * world
+            micro += 1
+            if micro % cfg.grad_accum:
+                continue
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                reduced = {k: accelerator.reduce(v.detach().float(), "mean").item() for k, v in losses.items()}
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": step,
+                    **reduced,
+                    "lr": scheduler.get_last_lr()[0],
+                    "clips_per_s": window_clips / elapsed,
+                }
+                if accelerator.is_main_process:
+                    metrics.write(record)
+                bar.set_postfix(
+                    loss=f"{reduced['loss']:.3f}", lr=f"{record['lr']:.1e}", clips_s=f"{record['clips_per_s']:.0f}"
+                )
+                window_clips, window_start = 0, time.perf_counter()
+            if stop.requested:
+                states.save(step)
+                log.warning("stopped at step %d; state saved in %s", step, run_dir / "states")
+                return
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+                states.save(step)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                evaluate_and_export(step)
+    bar.close()
+
+    if cfg.save_every and (step > start_step or not (run_dir / "metrics_final.json").exists()):
+        states.save(step)
+    final = evaluate_and_export(step)
+    if accelerator.is_main_process:
+        metrics.write({"step": step, "skipped_clips": failures.failed, "attempted_clips": failures.attempts})
+        atomic_write_json(run_dir / "metrics_final.json", final)
+        plot_curves(metrics.read(), run_dir / "curves.png")
+        log.info("skipped clips (bad media): %d of %d", failures.failed, failures.attempts)
+        print(format_table(final))
+        print(f"run directory: {run_dir}")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ class PreprocessConfig:
     hue: float = 0.2  # turn off when captions name colours
     audio_gain_db: float = 6.0  # random attenuation in [-audio_gain_db, 0] dB
     audio_noise: float = 0.01  # Gaussian noise std relative to max|x|
+    # Zero mean and unit variance per clip, after augmentation, in training and evaluation alike. Off in
+    # VATT. Quiet waveforms (std ~0.1) otherwise give nearly identical audio embeddings at initialisation,
+    # and with a small batch NCE then settles at chance (2 ln B) instead of learning.
+    audio_standardize: bool = False
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.fps <= 0 or self.sample_rate < 1:
@@ -112,19 +116,29 @@ class VideoTransform:
 
 
 class AudioTransform:
-    """float32 (S,) -> (S,) in [-1, 1]: random gain and VATT's noise in training, identity in eval."""
+    """float32 (S,) -> (S,) in [-1, 1]: random gain and VATT's noise in training, identity in eval.
+
+    With ``audio_standardize`` the result is then scaled to zero mean and unit variance (not in [-1, 1]).
+    """
 
     def __init__(self, cfg: PreprocessConfig, train: bool) -> None:
         self.train = train
         self.gain_db = cfg.audio_gain_db
         self.noise = cfg.audio_noise
+        self.standardize = cfg.audio_standardize
 
     def __call__(self, audio: torch.Tensor) -> torch.Tensor:
-        if not self.train:
-            return audio
-        if self.gain_db > 0:
-            db = -self.gain_db * torch.rand(())
-            audio = audio * torch.pow(10.0, db / 20)
-        if self.noise > 0:
-            audio = audio + torch.randn_like(audio) * (self.noise * audio.abs().max())
-        return audio.clamp(-1.0, 1.0)
+        if self.train:
+            if self.gain_db > 0:
+                db = -self.gain_db * torch.rand(())
+                audio = audio * torch.pow(10.0, db / 20)
+            if self.noise > 0:
+                audio = audio + torch.randn_like(audio) * (self.noise * audio.abs().max())
+            audio = audio.clamp(-1.0, 1.0)
+        return standardize_audio(audio) if self.standardize else audio
+
+
+def standardize_audio(audio: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Zero mean, unit variance over the last axis; silence stays zero."""
+    centred = audio - audio.mean(dim=-1, keepdim=True)
+    return centred / (centred.std(dim=-1, keepdim=True) + eps)

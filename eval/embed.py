@@ -28,7 +28,7 @@ from data.collate import batch_size as num_good
 from data.manifest import ManifestDataset, ManifestEntry, parse_entry, read_manifest
 from data.media import MediaError
 from data.tokenizer import Tokenizer
-from data.transforms import PreprocessConfig
+from data.transforms import PreprocessConfig, standardize_audio
 
 logger = logging.getLogger(__name__)
 
@@ -265,5 +265,7 @@ def embed_audio_file(
     n = clips_per_video if slack > 0 else 1
     starts = [round(slack * (0.5 if n == 1 else i / (n - 1))) for i in range(n)]
     clips = torch.stack([wave[s : s + length] for s in starts])  # (n, S)
+    if preprocess.audio_standardize:
+        clips = standardize_audio(clips)
     emb = model.encode_audio(clips.to(device))["audio_va"].float().cpu()  # (n, D_va)
     return F.normalize(emb.mean(dim=0, keepdim=True), dim=-1)

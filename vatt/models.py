@@ -44,12 +44,12 @@ def vatt_ma_medium(**overrides: Any) -> VattModel:
 
 
 def _tiny_encoder() -> EncoderConfig:
-    return EncoderConfig(embed_dim=192, depth=3, num_heads=3, dropout=0.0)
+    return EncoderConfig(embed_dim=128, depth=3, num_heads=4, dropout=0.0)
 
 
 @register_model
 def vatt_tiny(**overrides: Any) -> VattModel:
-    """CPU demo size: width 192, 3 layers per tower; 8 frames of 64x64, 0.8 s of 16 kHz audio."""
+    """CPU demo size: width 128, 3 layers per tower; 8 frames of 64x64, 0.8 s of 16 kHz audio."""
     cfg = VattConfig(
         name="vatt_tiny",
         num_frames=8,

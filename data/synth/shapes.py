@@ -463,6 +463,7 @@ def demo_preprocess(**overrides: Any) -> PreprocessConfig:
         "hflip": False,
         "color_jitter_prob": 0.0,
         "hue": 0.0,
+        "audio_standardize": True,
     }
     values.update(overrides)
     return PreprocessConfig(**values)

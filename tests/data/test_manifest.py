@@ -320,3 +320,14 @@ def test_audio_transform_gain_and_vatt_noise():
     quiet = AudioTransform(PreprocessConfig(audio_gain_db=6.0, audio_noise=0.0), train=True)
     ratios = [quiet(x).abs().max().item() / 0.5 for _ in range(50)]
     assert min(ratios) >= 10 ** (-6 / 20) - 1e-6 and max(ratios) <= 1.0 and max(ratios) - min(ratios) > 0.2
+
+
+def test_audio_standardize_gives_unit_variance_and_keeps_silence():
+    from data.transforms import AudioTransform, PreprocessConfig
+
+    cfg = PreprocessConfig(num_frames=4, fps=10.0, sample_rate=8000, audio_standardize=True)
+    wave = 0.05 * torch.sin(torch.arange(3200, dtype=torch.float64) * 0.3).float() + 0.01
+    for train in (False, True):
+        out = AudioTransform(cfg, train)(wave)
+        assert abs(out.mean().item()) < 1e-4 and abs(out.std().item() - 1.0) < 1e-3
+    assert torch.equal(AudioTransform(cfg, False)(torch.zeros(3200)), torch.zeros(3200))

@@ -1,0 +1,194 @@
+"""eval.lrs2 on a hand-written LRS2 fixture and an export of a (random) ``avsr_test`` model: counts, WER
+against eval.wer, hypotheses against decoding each utterance alone, noise, bad media and CLI errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import avsr
+from avsr.decoding import beam_search, greedy_ctc
+from data.export import save_export
+from data.lrs2 import LRS2Config, LRS2Dataset, read_split, read_transcript
+from data.synth.mediawriter import write_mp4
+from eval import lrs2 as lrs2_eval
+from eval.wer import error_rates
+
+ROOT = Path(__file__).resolve().parents[2]
+SR, FPS = 16000, 25.0
+
+# (split, clip id, frames, text): LRS2 conventions (upper case, apostrophes, digits), varied lengths.
+CLIPS = [
+    ("train", "6001/00001", 24, "WE'LL SEE"),
+    ("train", "6001/00002", 30, "THE 1960S WERE GREAT"),
+    ("val", "6002/00001", 20, "HELLO THERE"),
+    ("test", "6003/00001", 28, "IT'S 2 O'CLOCK"),
+    ("test", "6003/00002", 16, "YES"),
+    ("test", "6004/00001", 34, "WHAT HAPPENED TO THE BOAT"),
+    ("test", "6004/00002", 22, "NOT MUCH REALLY"),
+]
+
+
+def write_corpus(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    splits: dict[str, list[str]] = {"pretrain": [], "train": [], "val": [], "test": []}
+    for split, clip_id, frames, text in CLIPS:
+        base = root / "mvlrs_v1" / "main" / clip_id
+        base.parent.mkdir(parents=True, exist_ok=True)
+        y, x = np.mgrid[0:160, 0:160]
+        video = np.zeros((frames, 160, 160, 3), np.uint8)
+        for t in range(frames):  # a mouth-like blob opening and closing over a smooth face
+            r = 10 + 8 * abs(np.sin(t / 3 + len(text)))
+            blob = ((x - 80) / 24) ** 2 + ((y - 112) / r) ** 2 < 1
+            video[t] = (60 + 0.5 * x + 0.2 * y - 50 * blob)[..., None].astype(np.uint8)
+        audio = (0.2 * rng.standard_normal(frames * 640) * np.sin(np.arange(frames * 640) / 300) ** 2).astype(
+            np.float32
+        )
+        write_mp4(base.with_suffix(".mp4"), video, FPS, audio, SR)
+        base.with_suffix(".txt").write_text(f"Text:  {text}\nConf:  5\n")
+        splits[split].append(clip_id + (" NF" if split == "test" else ""))
+    for split, lines in splits.items():
+        (root / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines))
+    return root
+
+
+def preprocess() -> LRS2Config:
+    return LRS2Config(root="", resize=20, crop=16)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("lrs2_eval"))
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tokens = avsr.TokenSet.characters()
+    overrides = {"vocab_size": tokens.vocab_size, "modalities": "av"}
+    torch.manual_seed(0)
+    model = avsr.create_model("avsr_test", **overrides)
+    with torch.no_grad():  # a confident CTC head so that greedy decoding emits characters, not only blanks
+        model.ctc_head.bias[0] -= 3.0
+    return save_export(
+        tmp_path_factory.mktemp("avsr_export") / "export",
+        kind="avsr",
+        model_name="avsr_test",
+        overrides=overrides,
+        state_dict=model.state_dict(),
+        preprocess=preprocess().preprocess(),
+        extra={"tokens": tokens.to_dict()},
+    )
+
+
+def run_cli(args: list[str], tmp_path: Path) -> tuple[dict, list[dict]]:
+    out_json, out_hyps = tmp_path / "result.json", tmp_path / "hyps.jsonl"
+    lrs2_eval.main([*args, "--workers", "0", "--json", str(out_json), "--hyps", str(out_hyps)])
+    hyps = [json.loads(line) for line in out_hyps.read_text().splitlines()]
+    return json.loads(out_json.read_text()), hyps
+
+
+def test_whole_split_counts_and_rates_agree_with_eval_wer(corpus, export, tmp_path):
+    result, hyps = run_cli(
+        ["--root", str(corpus), "--split", "test", "--modality", "av", "--export", str(export), "--greedy"], tmp_path
+    )
+    split = [e.id for e in read_split(corpus, "test")]
+    assert result["utterances"] == len(split) == 4 and result["failed"] == 0
+    assert [h["id"] for h in hyps] == split  # split order, whatever the batching order
+    refs = [read_transcript(corpus / "mvlrs_v1" / "main" / f"{i}.txt").text for i in split]
+    assert [h["ref"] for h in hyps] == refs
+    assert any(h["hyp"] for h in hyps)
+    expected = error_rates([h["ref"] for h in hyps], [h["hyp"] for h in hyps])
+    assert result["wer"] == pytest.approx(expected["wer"]) and result["cer"] == pytest.approx(expected["cer"])
+    # Corpus-level: total edits over total reference words, from the per-utterance counts.
+    words = sum(h["ref_words"] for h in hyps)
+    assert words == sum(len(r.split()) for r in refs)
+    assert result["wer"] == pytest.approx(100.0 * sum(h["word_errors"] for h in hyps) / words)
+    # Real-time factor: model seconds over the audio duration of the split (frames / 25 fps).
+    duration = sum(f for s, _, f, _ in CLIPS if s == "test") / FPS
+    assert result["audio_seconds"] == pytest.approx(duration)
+    assert result["rtf"] == pytest.approx(result["decode_seconds"] / duration) and result["rtf"] > 0
+    assert set(result) >= {"wer", "cer", "rtf", "utterances"}
+
+
+@pytest.mark.parametrize("modality, greedy", [("av", False), ("v", True), ("a", True)])
+def test_hypotheses_equal_decoding_each_utterance_alone(corpus, export, tmp_path, modality, greedy):
+    args = ["--root", str(corpus), "--modality", modality, "--export", str(export), "--max-frames", "80"]
+    args += ["--greedy"] if greedy else ["--beam", "3", "--ctc-weight", "0.3"]
+    _, hyps = run_cli(args, tmp_path)
+    model, tokens, exp = lrs2_eval.load_avsr_export(export)
+    cfg = LRS2Config(root=str(corpus), **{k: tuple(v) if isinstance(v, list) else v for k, v in exp.preprocess.items()})
+    ds = LRS2Dataset(cfg, "test", train=False)
+    for i, h in enumerate(hyps):
+        item = ds[i]
+        inputs = {
+            "video": item["video"][None],
+            "video_lengths": torch.tensor([item["video_length"]]),
+            "audio": item["audio"][None],
+            "audio_lengths": torch.tensor([item["audio_length"]]),
+        }
+        with torch.no_grad():
+            enc = model.encode(**inputs, modality=modality)
+            if greedy:
+                ids = greedy_ctc(enc["ctc_log_probs"], enc["enc_lengths"], eos=model.eos)[0]
+            else:
+                ids = beam_search(model, enc, beam_size=3, ctc_weight=0.3)[0][0].tokens
+        assert h["id"] == item["id"] and h["hyp"] == tokens.decode(ids), i
+
+
+def test_noise_is_reproducible_and_recorded(corpus, export, tmp_path):
+    base = ["--root", str(corpus), "--modality", "a", "--export", str(export), "--greedy"]
+    clean, clean_hyps = run_cli(base, tmp_path / "clean")
+    noisy, noisy_hyps = run_cli([*base, "--snr", "-10"], tmp_path / "n1")
+    again, again_hyps = run_cli([*base, "--snr", "-10"], tmp_path / "n2")
+    assert noisy["noise"] == "white" and noisy["snr"] == -10 and clean["snr"] is None
+    assert [h["hyp"] for h in noisy_hyps] == [h["hyp"] for h in again_hyps]  # same noise every run
+    assert [h["hyp"] for h in noisy_hyps] != [h["hyp"] for h in clean_hyps]
+    babble_dir = corpus / "mvlrs_v1" / "main" / "6001"  # training speech, not the test set
+    babble, _ = run_cli([*base, "--snr", "0", "--noise", "babble", "--babble-dir", str(babble_dir)], tmp_path / "b")
+    assert babble["noise"] == "babble" and babble["utterances"] == 4
+
+
+def test_undecodable_media_counts_as_an_empty_hypothesis(corpus, export, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(corpus, broken)
+    (broken / "mvlrs_v1" / "main" / "6004" / "00001.mp4").write_bytes(b"not a video at all")
+    result, hyps = run_cli(
+        ["--root", str(broken), "--export", str(export), "--greedy", "--modality", "v"], tmp_path / "out"
+    )
+    assert result["utterances"] == 4 and result["failed"] == 1
+    bad = next(h for h in hyps if h["id"] == "6004/00001")
+    assert bad["hyp"] == "" and "failed" in bad and bad["word_errors"] == bad["ref_words"] == 5
+    assert result["wer"] == pytest.approx(error_rates([h["ref"] for h in hyps], [h["hyp"] for h in hyps])["wer"])
+
+
+def test_missing_inputs_fail_with_one_line(corpus, export, tmp_path):
+    cases = [
+        (["--root", str(corpus), "--export", str(tmp_path / "nope")], "nope"),
+        (["--root", str(tmp_path / "no_root"), "--export", str(export)], "no_root"),
+        (["--root", str(corpus), "--export", str(export), "--snr", "5", "--noise", "babble"], "--babble-dir"),
+        (["--root", str(corpus), "--export", str(export), "--split", "pretrain"], "nothing to evaluate"),
+    ]
+    empty = tmp_path / "no_lists"
+    (empty / "mvlrs_v1" / "main").mkdir(parents=True)
+    cases.append((["--root", str(empty), "--export", str(export)], "test.txt"))
+    for args, needle in cases:
+        with pytest.raises(SystemExit) as err:
+            lrs2_eval.main(args)
+        message = str(err.value.code)
+        assert message.startswith("eval.lrs2: ") and needle in message and "\n" not in message, message
+    # As a process: exit status 1 and one line on stderr.
+    out = subprocess.run(
+        [sys.executable, "-m", "eval.lrs2", "--root", str(empty), "--export", str(export)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1 and out.stderr.strip().count("\n") == 0 and "test.txt" in out.stderr

@@ -1,0 +1,282 @@
+"""train_avsr.py end to end on a tiny synthetic speech corpus: every modality setting, exact resume, VATT
+front-end initialisation with freezing, SentencePiece units, SIGTERM, and config errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vatt
+from data.export import read_export, save_export
+from data.synth import speech
+from data.transforms import PreprocessConfig
+from eval.lrs2 import load_avsr_export
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# avsr_test on 16x16 mouth crops, two utterances a step, no workers (deterministic on a CPU).
+TINY = [
+    "model.name=avsr_test",
+    "data.num_workers=0",
+    "data.max_frames=200",
+    "preprocess.resize=20",
+    "preprocess.crop=16",
+    "optim.lr=2e-3",
+    "optim.warmup_steps=2",
+    "log_every=1",
+    "save_every=100",
+    "eval.max_utterances=2",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = speech.SpeechCorpusConfig(
+        out=str(tmp_path_factory.mktemp("speech")),
+        speakers=3,
+        utterances=3,
+        val_speakers=1,
+        test_speakers=1,
+        workers=1,
+        pretrain=False,
+    )
+    return speech.generate(cfg, progress=False)
+
+
+def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [sys.executable, "train_avsr.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in _records(run) if "loss" in r}
+
+
+@pytest.mark.parametrize(
+    "modality", ["a", pytest.param("v", marks=pytest.mark.slow), pytest.param("av", marks=pytest.mark.slow)]
+)
+def test_each_modality_trains_and_writes_an_export(corpus, tmp_path, modality):
+    run = tmp_path / modality
+    steps = 6 if modality == "a" else 2  # audio steps are cheap: long enough to see the loss fall
+    evals = "[av,a,v]" if modality == "av" else "[]"
+    schedule = "optim.schedule=constant" if modality == "a" else "optim.schedule=cosine"
+    _run(
+        [
+            *TINY,
+            f"data.root={corpus}",
+            f"model.modalities={modality}",
+            f"max_steps={steps}",
+            f"eval.modalities={evals}",
+            schedule,
+            f"output_dir={run}",
+        ]
+    )
+    losses = _losses(run)
+    assert sorted(losses) == list(range(1, steps + 1))
+    if modality == "a":  # the loss falls; most visibly its CTC term (a sum over frames)
+        ctc = {r["step"]: r["loss_ctc"] for r in _records(run) if "loss_ctc" in r}
+        assert losses[steps] < 0.9 * losses[1] and ctc[steps] < 0.75 * ctc[1]
+    final = json.loads((run / "metrics_final.json").read_text())
+    assert final["step"] == steps and 0.0 <= final["val_wer"] and final["val_utterances"] == 2
+    if modality == "av":
+        assert {"val_wer_av", "val_wer_a", "val_wer_v"} <= set(final) and final["val_wer"] == final["val_wer_av"]
+    assert (run / "curves.png").stat().st_size > 0 and (run / "config.yaml").exists()
+    model, tokens, export = load_avsr_export(run / "export")
+    assert model.cfg.modalities == modality and export.kind == "avsr" and export.extra["step"] == steps
+    assert tokens.vocab_size == model.cfg.vocab_size == 40  # LRS2 characters + blank + sos/eos
+    assert export.preprocess["crop"] == 16 and export.preprocess["sample_rate"] == 16000
+    # The export holds the trained weights: the same as the last training state.
+    state = load_file(str(run / "states" / f"step-{steps:08d}" / "model.safetensors"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(state[k], v), k
+
+
+@pytest.mark.slow
+def test_resume_is_exact(corpus, tmp_path):
+    # Audio-visual: modality dropout and dropout draw random numbers, so the RNG state must resume too; the
+    # training noise is drawn per utterance from the item's seed.
+    common = [*TINY, f"data.root={corpus}", "model.modalities=av", "eval.modalities=[av]", "max_steps=4"]
+    common += ["save_every=2", "keep_states=5", "data.noise.kind=white", "data.noise.prob=1.0"]
+    full = tmp_path / "full"
+    _run([*common, f"output_dir={full}"])
+    reference = _losses(full)
+    assert sorted(reference) == [1, 2, 3, 4]
+    # A run that stopped after step 2: a directory holding only what existed at that point.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full / "states" / "step-00000002", resumed / "states" / "step-00000002")
+    out = _run([*common, f"output_dir={resumed}"])
+    assert "resumed from" in out.stderr
+    again = _losses(resumed)
+    assert sorted(again) == [3, 4]
+    for step in (3, 4):
+        assert again[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), step
+
+
+@pytest.fixture(scope="module")
+def vatt_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pp = PreprocessConfig(num_frames=4, fps=5.0, image_size=32, resize_size=32, sample_rate=8000, max_text_len=8)
+    overrides = {
+        "num_frames": pp.num_frames,
+        "image_size": pp.image_size,
+        "audio_samples": pp.audio_samples,
+        "max_text_len": pp.max_text_len,
+        "vocab_size": 100,
+    }
+    torch.manual_seed(3)
+    model = vatt.create_model("vatt_test", **overrides)
+    return save_export(
+        tmp_path_factory.mktemp("vatt") / "export",
+        kind="vatt",
+        model_name="vatt_test",
+        overrides=overrides,
+        state_dict=model.state_dict(),
+        preprocess=pp.to_dict(),
+    )
+
+
+@pytest.mark.slow
+def test_vatt_towers_initialise_frozen_front_ends_and_sentencepiece_units(corpus, vatt_export, tmp_path):
+    run = tmp_path / "run"
+    out = _run(
+        [
+            *TINY,
+            f"data.root={corpus}",
+            "model.modalities=av",
+            "eval.modalities=[av]",
+            f"init.vatt_export={vatt_export}",
+            "init.frontends=av",
+            "init.freeze_steps=2",
+            "units.kind=sentencepiece",
+            "units.vocab_size=40",
+            "data.noise.kind=babble",  # from the corpus's own clips, val and test excluded
+            f"data.noise.babble_dir={corpus / 'mvlrs_v1' / 'main'}",
+            "data.noise.talkers=2",
+            "max_steps=3",
+            "save_every=2",
+            "keep_states=5",
+            f"output_dir={run}",
+        ]
+    )
+    towers = read_export(vatt_export).state_dict
+    frozen = load_file(str(run / "states" / "step-00000002" / "model.safetensors"))
+    model, tokens, export = load_avsr_export(run / "export")
+    assert export.overrides["video_frontend"] == export.overrides["audio_frontend"] == "vatt"
+    assert export.overrides["vatt_model"] == "vatt_test" and export.overrides["vatt_sample_rate"] == 8000
+    pairs = {"video_frontend.tower.": "video_tower.", "audio_frontend.tower.": "audio_tower."}
+    checked = changed = 0
+    for key, final in model.state_dict().items():
+        for ours, theirs in pairs.items():
+            if key.startswith(ours) and final.is_floating_point():
+                source = towers[theirs + key[len(ours) :]]
+                assert torch.equal(frozen[key], source), key  # loaded, and untouched while frozen
+                checked += 1
+                changed += not torch.equal(final, source)  # trained after step 2
+    assert checked > 10 and changed > checked // 2
+    # The rest of the model trained from step 1.
+    start = {k: v for k, v in frozen.items() if k.startswith("encoder.")}
+    assert start and any(not torch.equal(model.state_dict()[k], v) for k, v in start.items())
+    assert tokens.kind == "sentencepiece" and export.tokenizer_path is not None and export.tokenizer_path.exists()
+    assert model.cfg.vocab_size == tokens.vocab_size
+    assert "babble noise from 3 files" in out.stderr  # the training speaker's clips only
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_state_and_exits_cleanly(corpus, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train_avsr.py", *TINY, f"data.root={corpus}", "model.modalities=a"]
+    cmd += ["max_steps=100000", f"output_dir={run}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert sorted((run / "states").glob("step-*")) and "state saved" in err
+
+
+@pytest.mark.parametrize(
+    "arg, needle",
+    [
+        ("optim.lrr=0.1", "optim.lrr"),
+        ("model.overrides={depht: 2}", "model.overrides.depht"),
+        ("model.overrides={vocab_size: 9}", "model.overrides.vocab_size"),
+        ("model.modalities=x", "model.modalities"),
+        ("eval.modalities=[x]", "eval.modalities"),
+        ("init.freeze_steps=5", "init.freeze_steps"),
+    ],
+)
+def test_bad_config_fails_with_one_line_naming_the_key(tmp_path, arg, needle):
+    import train_avsr
+
+    with pytest.raises(SystemExit) as err:
+        train_avsr.main([arg, f"output_dir={tmp_path / 'run'}"])
+    message = str(err.value.code)
+    assert message.startswith("train_avsr.py: ") and needle in message and "\n" not in message, message
+    assert not (tmp_path / "run").exists()  # stopped before any work
+
+
+def test_bad_config_key_as_a_process(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "train_avsr.py", "data.max_frame=10", f"output_dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("train_avsr.py: ") and "data.max_frame" in out.stderr
+
+
+def test_every_config_parses_and_names_its_launch_command():
+    import train_avsr
+    from data.config import parse_config
+
+    files = sorted((ROOT / "configs" / "avsr").glob("*.yaml"))
+    assert len(files) >= 5
+    for f in files:
+        head = f.read_text().splitlines()[:2]
+        assert head[0].startswith("# accelerate launch ") and "train_avsr.py --config" in " ".join(head), f
+        cfg = parse_config(train_avsr.TrainAvsrConfig, ["--config", str(f)])
+        cfg.data.root = ""  # the LRS2 recipe's root does not exist here
+        train_avsr.check_config(cfg)
+
+
+@pytest.mark.slow
+def test_lrs2_recipe_runs_a_step_at_reduced_size(corpus, tmp_path):
+    run = tmp_path / "lrs2"
+    reduced = [
+        f"data.root={corpus}",
+        "data.train_splits=[train]",
+        "data.max_frames=200",
+        "data.max_length=null",
+        "data.num_workers=0",
+        f"preprocess.length_cache={tmp_path / 'lengths.json'}",
+        "preprocess.resize=20",
+        "preprocess.crop=16",
+        "model.overrides={depth: 1, decoder_depth: 1}",
+        "units.vocab_size=60",
+        "eval.max_utterances=1",
+        "max_steps=1",
+        "log_every=1",
+    ]
+    _run(["--config", "configs/avsr/lrs2_conformer_base.yaml", *reduced, f"output_dir={run}"])
+    model, tokens, export = load_avsr_export(run / "export")
+    assert export.model_name == "avsr_conformer_base" and model.cfg.embed_dim == 768 and model.cfg.depth == 1
+    assert tokens.kind == "sentencepiece" and sorted(_losses(run)) == [1]
