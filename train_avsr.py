@@ -144,6 +144,9 @@ class InitConfig:
     frontends: Literal["a", "v", "av"] = "av"  # which front-ends start from it (within model.modalities)
     wav2vec2_weights: str = ""  # torchaudio Wav2Vec2Model state dict (torch.save) for audio_frontend=wav2vec2
     freeze_steps: int = 0  # keep the initialised front-ends frozen for this many steps
+    # false: the export's towers as front-ends but with random weights, the baseline of an
+    # initialisation comparison (same architecture, same steps)
+    load_weights: bool = True
 
 
 @dataclass
@@ -226,6 +229,8 @@ def check_config(cfg: TrainAvsrConfig) -> None:
             raise ConfigError("init.wav2vec2_weights and init.vatt_export both initialise the audio front-end")
         if not Path(init.wav2vec2_weights).is_file():
             raise ConfigError(f"init.wav2vec2_weights {init.wav2vec2_weights!r} not found")
+    if init.freeze_steps > 0 and init.vatt_export and not init.load_weights and not init.wav2vec2_weights:
+        raise ConfigError("init.freeze_steps would freeze random front-ends: init.load_weights is false")
     if init.freeze_steps > 0 and not (init.vatt_export or init.wav2vec2_weights):
         raise ConfigError("init.freeze_steps needs pretrained front-ends (init.vatt_export or init.wav2vec2_weights)")
     if cfg.preprocess.root and cfg.preprocess.root != cfg.data.root:
@@ -332,7 +337,9 @@ def model_overrides(cfg: TrainAvsrConfig, tokens: avsr.TokenSet, vatt_export: Ex
 def init_frontends(model: avsr.AvsrModel, cfg: TrainAvsrConfig, vatt_export: Export | None) -> str:
     """Load pretrained front-end weights; returns the streams whose front-ends were initialised."""
     done = ""
-    if vatt_export is not None:
+    if vatt_export is not None and not cfg.init.load_weights:
+        log.info("front-ends built as the towers of %s, weights left random", cfg.init.vatt_export)
+    elif vatt_export is not None:
         for m in "va":
             if m in cfg.init.frontends and m in cfg.model.modalities:
                 model.load_frontend_state(m, vatt_export.state_dict)

@@ -265,7 +265,9 @@ class ManifestDataset(Dataset):
         try:
             with MediaReader(entry.media, threads=self.decode_threads) as reader:
                 window = self._window(entry, reader.info.duration, clip_index)
-                video = reader.read_video(window.start, cfg.num_frames, cfg.fps, size=cfg.resize_size)
+                # Scaled while decoding, unless a region in source pixels is cut first (VideoTransform).
+                size = None if cfg.region is not None else cfg.resize_size
+                video = reader.read_video(window.start, cfg.num_frames, cfg.fps, size=size)
                 audio = reader.read_audio(window.start, cfg.audio_samples, cfg.sample_rate) if self.with_audio else None
         except MediaError as exc:
             return ItemFailure(str(entry.media), str(exc), video_index)

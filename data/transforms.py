@@ -49,10 +49,21 @@ class PreprocessConfig:
     # VATT. Quiet waveforms (std ~0.1) otherwise give nearly identical audio embeddings at initialisation,
     # and with a small batch NCE then settles at chance (2 ln B) instead of learning.
     audio_standardize: bool = False
+    # A fixed (left, top, right, bottom) pixel box cut from every decoded frame before any resizing, e.g.
+    # the mouth region of face-tracked talking-head clips; None keeps the whole frame.
+    region: tuple[int, int, int, int] | None = None
+    grayscale: bool = False  # luma repeated to three channels (as AVSR mouth crops are seen)
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.fps <= 0 or self.sample_rate < 1:
             raise ConfigError("preprocess: num_frames, fps and sample_rate must be positive")
+        if self.region is not None:
+            left, top, right, bottom = self.region
+            if left < 0 or top < 0 or right <= left or bottom <= top:
+                raise ConfigError(
+                    f"preprocess.region must be (left, top, right, bottom) with right > left >= 0 "
+                    f"and bottom > top >= 0, got {list(self.region)}"
+                )
         if self.image_size > self.resize_size:
             raise ConfigError(f"preprocess: image_size {self.image_size} is larger than resize_size {self.resize_size}")
         if not 0 < self.min_scale <= self.max_scale <= 1:
@@ -96,20 +107,29 @@ class VideoTransform:
 
     def __init__(self, cfg: PreprocessConfig, train: bool) -> None:
         self.train = train
-        steps: list[Any]
+        self.region, self.grayscale = cfg.region, cfg.grayscale
+        steps: list[Any] = []
         if train:
-            steps = [v2.RandomResizedCrop(cfg.image_size, scale=(cfg.min_scale, cfg.max_scale), antialias=True)]
+            steps.append(v2.RandomResizedCrop(cfg.image_size, scale=(cfg.min_scale, cfg.max_scale), antialias=True))
             if cfg.hflip:
                 steps.append(v2.RandomHorizontalFlip())
             if cfg.color_jitter_prob > 0:
                 jitter = v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
                 steps.append(v2.RandomApply([jitter], p=cfg.color_jitter_prob))
         else:
-            steps = [v2.Resize(cfg.resize_size, antialias=True), v2.CenterCrop(cfg.image_size)]
+            steps += [v2.Resize(cfg.resize_size, antialias=True), v2.CenterCrop(cfg.image_size)]
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
         self.transform = v2.Compose(steps)
 
     def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        if self.region is not None:
+            left, top, right, bottom = self.region
+            h, w = video.shape[-2:]
+            if right > w or bottom > h:
+                raise ValueError(f"preprocess.region {list(self.region)} reaches outside the {w}x{h} frame")
+            video = video[..., top:bottom, left:right]
+        if self.grayscale:  # on the plain tensor: v2.Grayscale passes a tv_tensors.Video through unchanged
+            video = v2.functional.rgb_to_grayscale(video, num_output_channels=3)
         # Wrapping as a Video makes v2 draw one set of random parameters for the whole clip.
         out = self.transform(tv_tensors.Video(video))
         return out.as_subclass(torch.Tensor)

@@ -196,6 +196,35 @@ def test_vatt_towers_initialise_frozen_front_ends_and_sentencepiece_units(corpus
     assert "babble noise from 3 files" in out.stderr  # the training speaker's clips only
 
 
+def test_random_init_baseline_keeps_the_export_architecture_without_its_weights(vatt_export):
+    import avsr
+    import train_avsr
+    from data.config import parse_config
+
+    export = read_export(vatt_export)
+    towers = export.state_dict
+    loaded = {}
+    for load in (True, False):
+        cfg = parse_config(
+            train_avsr.TrainAvsrConfig,
+            [f"init.vatt_export={vatt_export}", "model.modalities=av", f"init.load_weights={str(load).lower()}"],
+        )
+        tokens = avsr.TokenSet.characters("abc ")
+        model = avsr.create_model("avsr_test", **train_avsr.model_overrides(cfg, tokens, export))
+        done = train_avsr.init_frontends(model, cfg, export)
+        state = model.state_dict()
+        same = [
+            torch.equal(state[k], towers["video_tower." + k[len("video_frontend.tower.") :]])
+            for k in state
+            if k.startswith("video_frontend.tower.") and state[k].dim() >= 2  # matrices: randomly initialised
+        ]
+        loaded[load] = (done, sum(same), len(same))
+    assert loaded[True][0] == "va" and loaded[True][1] == loaded[True][2] > 5
+    done, equal, total = loaded[False]
+    assert done == "" and total == loaded[True][2]  # the same tower, parameter for parameter
+    assert equal == 0  # none of the pretrained matrices
+
+
 @pytest.mark.slow
 def test_sigterm_saves_a_state_and_exits_cleanly(corpus, tmp_path):
     run = tmp_path / "run"
@@ -220,6 +249,7 @@ def test_sigterm_saves_a_state_and_exits_cleanly(corpus, tmp_path):
         ("model.modalities=x", "model.modalities"),
         ("eval.modalities=[x]", "eval.modalities"),
         ("init.freeze_steps=5", "init.freeze_steps"),
+        ("init.load_weights=maybe", "init.load_weights"),
     ],
 )
 def test_bad_config_fails_with_one_line_naming_the_key(tmp_path, arg, needle):

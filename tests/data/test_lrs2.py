@@ -287,3 +287,69 @@ def test_dataloader_with_frame_budget_batches(lrs2_root, tmp_path):
     assert sorted(i for b in batches for i in b["ids"]) == sorted(ds.ids)
     for b in batches:
         assert b["video"].shape[0] * b["video"].shape[1] <= 40 or b["video"].shape[0] == 1
+
+
+def test_manifest_from_lrs2_layout(lrs2_root, tmp_path):
+    from data.lrs2_manifest import main, write_manifest
+    from data.manifest import read_manifest
+
+    out = tmp_path / "sub" / "speech.jsonl"
+    out.parent.mkdir()
+    assert write_manifest(lrs2_root, ["pretrain", "train"], out, words_per_caption=2) == 3
+    entries = read_manifest(out)
+    assert [e.id for e in entries] == [
+        "pretrain/5535415699068794046/00005",
+        "train/5535415699068794046/00001",
+        "train/5535415699068794046/00002",
+    ]
+    assert entries[0].media.resolve() == (lrs2_root / "mvlrs_v1/pretrain/5535415699068794046/00005.mp4").resolve()
+    timed = [(c.text, c.start, c.end) for c in entries[0].captions]
+    assert timed == [("THE DANGEROUS", 0.0, 0.61), ("THING IS", 0.61, 1.02), ("2 PANS", 1.02, 1.7)]
+    assert [(c.text, c.start) for c in entries[1].captions] == [("WHEN YOU'RE COOKING CHIPS AT HOME", None)]
+
+    # A clip without its media file is left out and counted; nothing at all is an error naming the splits.
+    broken = tmp_path / "broken"
+    (broken / "mvlrs_v1" / "main" / "x").mkdir(parents=True)
+    (broken / "train.txt").write_text("x/00001\n")
+    with pytest.raises(ValueError, match=r"splits \['train'\] of .* hold no clip with a media file \(1 missing\)"):
+        write_manifest(broken, ["train"], tmp_path / "none.jsonl")
+    with pytest.raises(SystemExit, match="data.lrs2_manifest: .*1 missing"):
+        main(["--root", str(broken), "--splits", "train", "--out", str(tmp_path / "none.jsonl")])
+    assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_manifest_clips_read_as_pretraining_samples(lrs2_root, tmp_path):
+    """The pretraining path on LRS2: mouth region, grayscale, audio of the same span, word captions."""
+    from data.lrs2_manifest import write_manifest
+    from data.manifest import ManifestDataset, read_manifest
+    from data.tokenizer import Tokenizer, train_tokenizer
+    from data.transforms import PreprocessConfig
+
+    out = tmp_path / "pre.jsonl"
+    write_manifest(lrs2_root, ["pretrain"], out, words_per_caption=1)
+    entries = read_manifest(out)
+    tok_file = tmp_path / "tok.model"
+    train_tokenizer(entries, 40, tok_file)
+    cfg = PreprocessConfig(
+        num_frames=8,
+        fps=FPS,
+        image_size=32,
+        resize_size=32,
+        sample_rate=SR,
+        region=BOX,
+        grayscale=True,
+        num_positives=3,
+        max_text_len=8,
+    )
+    ds = ManifestDataset(entries, cfg, Tokenizer(tok_file), train=False, clips_per_video=1)
+    item = ds[0]
+    assert item["video"].shape == (8, 3, 32, 32) and item["audio"].shape == (8 * 640,)
+    assert torch.equal(item["video"][:, 0], item["video"][:, 2])  # grayscale
+    # One centred 0.32 s window of the 1.76 s file: centre 0.88 s, inside THING (0.61-0.90), then the
+    # two words nearest in time.
+    tok = Tokenizer(tok_file)
+    texts = [tok.decode(ids[:n].tolist()) for ids, n in zip(item["text_ids"], item["text_lengths"])]
+    assert texts[0].upper() == "THING" and {t.upper() for t in texts[1:]} == {
+        "IS",
+        "2",
+    }  # 0.02 s and 0.14 s away; DANGEROUS is 0.27 s away

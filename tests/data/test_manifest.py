@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -331,3 +332,28 @@ def test_audio_standardize_gives_unit_variance_and_keeps_silence():
         out = AudioTransform(cfg, train)(wave)
         assert abs(out.mean().item()) < 1e-4 and abs(out.std().item() - 1.0) < 1e-3
     assert torch.equal(AudioTransform(cfg, False)(torch.zeros(3200)), torch.zeros(3200))
+
+
+def test_region_and_grayscale_equal_float64_reference():
+    torch.manual_seed(0)
+    video = torch.randint(0, 256, (2, 3, 12, 16), dtype=torch.uint8)
+    cfg = PreprocessConfig(image_size=4, resize_size=4, region=(5, 3, 9, 7), grayscale=True)
+    out = VideoTransform(cfg, train=False)(video)
+    box = video.double()[:, :, 3:7, 5:9]  # rows top:bottom, columns left:right
+    luma = (0.2989 * box[:, 0] + 0.587 * box[:, 1] + 0.114 * box[:, 2])[:, None].expand(-1, 3, -1, -1)
+    ref = (luma.floor() / 255 - 0.5) / 0.5  # torchvision truncates uint8 luma
+    assert out.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=0)
+    train_out = VideoTransform(dataclasses.replace(cfg, min_scale=0.5), train=True)(video)
+    assert torch.equal(train_out[:, 0], train_out[:, 1]) and torch.equal(train_out[:, 0], train_out[:, 2])
+
+
+def test_region_errors_name_the_box():
+    with pytest.raises(ConfigError, match="region"):
+        PreprocessConfig(region=(10, 0, 5, 8))
+    with pytest.raises(ConfigError, match="region"):
+        PreprocessConfig.from_dict({"region": [0, 0, 8]})
+    video = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"region \[0, 0, 16, 8\] reaches outside the 8x8 frame"):
+        VideoTransform(PreprocessConfig(image_size=4, resize_size=4, region=(0, 0, 16, 8)), train=False)(video)
+    assert PreprocessConfig.from_dict(PreprocessConfig(region=(1, 2, 3, 4)).to_dict()).region == (1, 2, 3, 4)
