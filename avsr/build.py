@@ -14,6 +14,7 @@ from avsr.decoder import TransformerDecoder
 from avsr.encoder import ConformerEncoder, TransformerEncoder
 from avsr.frontends import (
     ConvAudioFrontend,
+    FbankAudioFrontend,
     ResNetVideoFrontend,
     VattAudioFrontend,
     VattVideoFrontend,
@@ -40,6 +41,8 @@ def build_audio_frontend(cfg: AvsrConfig) -> nn.Module:
     spf = cfg.samples_per_frame
     if cfg.audio_frontend == "conv":
         return ConvAudioFrontend(spf, cfg.audio_channels, cfg.audio_dim, cfg.audio_strides, cfg.audio_normalize)
+    if cfg.audio_frontend == "fbank":
+        return FbankAudioFrontend(spf, cfg.sample_rate, cfg.audio_channels, cfg.audio_dim, cfg.audio_mels)
     if cfg.audio_frontend == "wav2vec2":
         return Wav2Vec2AudioFrontend(spf, cfg.wav2vec2_arch, cfg.wav2vec2_kwargs)
     return VattAudioFrontend(

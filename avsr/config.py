@@ -12,7 +12,7 @@ from avsr.frontends.frames import samples_per_frame
 from avsr.fusion import MODALITIES
 
 VIDEO_FRONTENDS = ("resnet18", "vatt")
-AUDIO_FRONTENDS = ("conv", "wav2vec2", "vatt")
+AUDIO_FRONTENDS = ("conv", "fbank", "wav2vec2", "vatt")
 ENCODERS = ("conformer", "transformer")
 
 
@@ -33,11 +33,12 @@ class AvsrConfig:
     video_mean: float = 0.421  # normalisation of the crops; the VATT front-end undoes it
     video_std: float = 0.165
     # audio front-end
-    audio_frontend: str = "conv"  # "conv" (raw waveform), "wav2vec2" (torchaudio) or "vatt"
+    audio_frontend: str = "conv"  # "conv" (raw waveform), "fbank" (log-mel), "wav2vec2" (torchaudio) or "vatt"
     audio_channels: int = 256
     audio_dim: int = 256
     audio_strides: tuple[int, ...] = ()  # conv strides; empty = factor sample_rate // fps
     audio_normalize: bool = True  # zero mean / unit variance per utterance
+    audio_mels: int = 80  # log-mel bins of the fbank front-end
     wav2vec2_arch: str = "wav2vec2_base"  # a torchaudio.models factory, or "custom" (wav2vec2_kwargs = all fields)
     wav2vec2_kwargs: dict[str, Any] = field(default_factory=dict)
     # VATT tower front-ends

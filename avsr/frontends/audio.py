@@ -3,6 +3,8 @@
 * :class:`ConvAudioFrontend` — a raw-waveform convolution stack whose strides multiply to the number of
   samples per video frame (``sample_rate // fps``, 640 for 16 kHz and 25 fps), so its output rate is the
   video frame rate by construction.
+* :class:`FbankAudioFrontend` — log-mel filterbanks (torchaudio) and two stride-2 convolutions, the
+  ESPnet-style input: learns far faster than raw samples when data and compute are small.
 * :class:`Wav2Vec2AudioFrontend` — ``torchaudio.models.wav2vec2_model`` (as in Pan et al. 2022), its
   transformer output mapped from its own rate (50 Hz for the standard extractor) to video frames with
   :func:`avsr.frontends.frames.tokens_to_frames`. Pretrained weights are a state dict of torchaudio's
@@ -132,6 +134,72 @@ class ConvAudioFrontend(nn.Module):
             x = x * make_valid_mask(n_valid, x.shape[-1])[:, None, :]
         x = self.proj(x.transpose(1, 2))  # (B, T, out_dim)
         return x * make_valid_mask(frames, t)[:, :, None], frames
+
+
+class FbankAudioFrontend(nn.Module):
+    """(B, S) waveform -> log-mel filterbanks -> strided Conv1d subsampling -> (B, T, out_dim).
+
+    The ESPnet-style alternative to learning from raw samples: ``n_mels`` log-mel energies every ``hop``
+    samples (``samples_per_frame // 4``: 10 ms at 16 kHz and 25 fps) over 25 ms windows
+    (``torchaudio.transforms.MelSpectrogram``), normalised per utterance and mel bin over its real frames,
+    then stride-2 convolutions down to one feature per video frame. A window that runs past the end of an
+    utterance sees zeros there, as it would alone, so the output does not depend on batch padding.
+    """
+
+    def __init__(
+        self,
+        samples_per_frame: int,
+        sample_rate: int,
+        channels: int = 256,
+        out_dim: int = 256,
+        n_mels: int = 80,
+        fbank_per_frame: int = 4,
+    ) -> None:
+        super().__init__()
+        if samples_per_frame % fbank_per_frame or fbank_per_frame & (fbank_per_frame - 1):
+            raise ValueError(
+                f"fbank_per_frame={fbank_per_frame} must be a power of two dividing {samples_per_frame} samples/frame"
+            )
+        self.samples_per_frame, self.hop = samples_per_frame, samples_per_frame // fbank_per_frame
+        win = round(2.5 * self.hop)
+        self.n_fft = 1 << (win - 1).bit_length()
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate, n_fft=self.n_fft, win_length=win, hop_length=self.hop, n_mels=n_mels, center=False
+        )
+        self.convs, self.norms = nn.ModuleList(), nn.ModuleList()
+        in_ch = n_mels
+        for _ in range(fbank_per_frame.bit_length() - 1):
+            self.convs.append(nn.Conv1d(in_ch, channels, kernel_size=3, stride=2, padding=1))
+            self.norms.append(_ChannelNorm(channels))
+            in_ch = channels
+        self.act = nn.GELU()
+        self.proj = nn.Linear(in_ch, out_dim)
+        self.out_dim = out_dim
+
+    def features(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised log-mel (B, n_mels, 4T) and the number of real filterbank frames per utterance."""
+        spf = self.samples_per_frame
+        t = int(frames_for_samples(lengths, spf).max())
+        x = audio[:, : t * spf] * make_valid_mask(lengths, min(audio.shape[1], t * spf))
+        x = nn.functional.pad(x, (0, t * spf + self.n_fft - self.hop - x.shape[1]))
+        with torch.autocast(x.device.type, enabled=False):
+            feats = torch.log(self.mel(x.float()) + 1e-6)  # (B, n_mels, 4T)
+        n = torch.div(lengths + self.hop - 1, self.hop, rounding_mode="floor")
+        valid = make_valid_mask(n, feats.shape[-1])[:, None, :].to(feats.dtype)
+        count = valid.sum(-1, keepdim=True).clamp(min=1.0)
+        mean = (feats * valid).sum(-1, keepdim=True) / count
+        var = (((feats - mean) * valid) ** 2).sum(-1, keepdim=True) / count
+        return (feats - mean) / torch.sqrt(var + 1e-5) * valid, n
+
+    def forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        frames = frames_for_samples(lengths, self.samples_per_frame)
+        x, n_valid = self.features(audio, lengths)
+        for conv, norm in zip(self.convs, self.norms):
+            x = self.act(norm(conv(x)))
+            n_valid = torch.div(n_valid + 1, 2, rounding_mode="floor")
+            x = x * make_valid_mask(n_valid, x.shape[-1])[:, None, :]
+        x = self.proj(x.transpose(1, 2))  # (B, T, out_dim)
+        return x * make_valid_mask(frames, x.shape[1])[:, :, None], frames
 
 
 def _extractor_hop(conv_layers: list[tuple[int, int, int]] | None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ import avsr
 import vatt
 from avsr.frontends import (
     ConvAudioFrontend,
+    FbankAudioFrontend,
     Wav2Vec2AudioFrontend,
     read_state_dict,
     samples_per_frame,
@@ -55,6 +58,31 @@ def test_conv_audio_frontend_gives_one_feature_per_video_frame():
     x, frames = fe(audio, lengths)
     assert frames.tolist() == [10, 4, 2] and x.shape == (3, 10, 6)
     assert x[1, 4:].abs().sum() == 0 and x[2, 2:].abs().sum() == 0
+
+
+def test_fbank_frontend_frames_and_mel_peak_of_a_tone():
+    import torchaudio
+
+    fe = FbankAudioFrontend(640, 16_000, channels=8, out_dim=6, n_mels=40).eval()
+    assert (fe.hop, fe.n_fft) == (160, 512)
+    lengths = torch.tensor([16_000, 6_401, 640])
+    t = torch.arange(16_000) / 16_000
+    audio = torch.stack([torch.sin(2 * math.pi * f * t) for f in (300.0, 1000.0, 3000.0)]).float()
+    x, frames = fe(audio, lengths)
+    assert frames.tolist() == [25, 11, 1] and x.shape == (3, 25, 6)
+    assert x[1, 11:].abs().sum() == 0 and x[2, 1:].abs().sum() == 0
+    # Before normalisation the loudest mel bin of each tone is the one whose centre is nearest its frequency.
+    spec = torch.log(fe.mel(audio[:, :12_800]) + 1e-6)  # (3, 40, frames)
+    centres = torchaudio.functional.melscale_fbanks(257, 0.0, 8000.0, 40, 16_000).argmax(0).float() * 8000 / 256
+    for row, f in zip(spec.mean(-1), (300.0, 1000.0, 3000.0)):
+        assert (centres[row.argmax()] - f).abs() <= (centres - f).abs().min() + 1e-6
+    feats, n = fe.features(audio, lengths)
+    assert n.tolist() == [100, 41, 4] and feats.shape == (3, 40, 100)
+    real = feats[1, :, :41].double()
+    torch.testing.assert_close(real.mean(-1), torch.zeros(40, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert feats[1, :, 41:].abs().sum() == 0
+    with pytest.raises(ValueError, match="power of two"):
+        FbankAudioFrontend(640, 16_000, fbank_per_frame=3)
 
 
 def test_tokens_to_frames_against_hand_computed_weights():

@@ -33,6 +33,7 @@ TINY_W2V = {
 VARIANTS = {
     "av-conformer": {},
     "a-transformer": {"modalities": "a", "encoder": "transformer"},
+    "a-fbank": {"modalities": "a", "audio_frontend": "fbank", "audio_mels": 20},
     "v-conformer": {"modalities": "v"},
     "av-vatt-towers": {"video_frontend": "vatt", "audio_frontend": "vatt"},
     "a-wav2vec2": {
