@@ -85,11 +85,11 @@ class SpeechCorpusConfig:
     """What to generate. Validation and test speakers are the last ones drawn, never used in training."""
 
     out: str = "data/corpora/speech"
-    speakers: int = 30
-    utterances: int = 90  # per speaker
+    speakers: int = 24  # the default corpus of train_avsr.py: 20 training speakers
+    utterances: int = 40  # per speaker
     seed: int = 0
     val_speakers: int = 2
-    test_speakers: int = 4
+    test_speakers: int = 2
     grammar: Literal["grid", "extended"] = "grid"
     workers: int = 2
     size: int = 160  # frame side in pixels
