@@ -11,9 +11,11 @@ budget with length bucketing, and optionally a curriculum on utterance length).
 
 Front-ends can start from a VATT export (``init.vatt_export``, Pan et al. 2022): the chosen towers
 become the front-ends (their model and input size come from the export) and can stay frozen for the
-first ``init.freeze_steps`` steps. The run directory holds the resolved config, ``metrics.jsonl``
-(training losses and ``val_wer``), training states for ``resume=auto``, ``curves.png``, an export
-(``export/``, what ``python -m eval.lrs2`` loads) and ``metrics_final.json``.
+first ``init.freeze_steps`` steps. An audio-visual model can start from trained unimodal ones
+(``init.avsr_export``, ``init.video_frontend_from``), as auto_avsr does. The run directory holds the
+resolved config, ``metrics.jsonl`` (training losses and ``val_wer``), training states for
+``resume=auto``, ``curves.png``, an export (``export/``, what ``python -m eval.lrs2`` loads) and
+``metrics_final.json``.
 """
 
 from __future__ import annotations
@@ -147,6 +149,12 @@ class InitConfig:
     # false: the export's towers as front-ends but with random weights, the baseline of an
     # initialisation comparison (same architecture, same steps)
     load_weights: bool = True
+    # Trained AVSR exports (train_avsr.py's run_dir/export; auto_avsr starts audio-visual models from
+    # unimodal ones): every weight of avsr_export that fits (AvsrModel.load_avsr_state: the model starts
+    # out computing what that export computes), then one front-end from each *_frontend_from. Same units.
+    avsr_export: str = ""
+    video_frontend_from: str = ""
+    audio_frontend_from: str = ""
 
 
 @dataclass
@@ -225,14 +233,21 @@ def check_config(cfg: TrainAvsrConfig) -> None:
     if init.wav2vec2_weights:
         if "a" not in cfg.model.modalities or cfg.model.overrides.get("audio_frontend") != "wav2vec2":
             raise ConfigError("init.wav2vec2_weights needs model.overrides.audio_frontend=wav2vec2 and an audio stream")
-        if init.vatt_export and "a" in init.frontends:
-            raise ConfigError("init.wav2vec2_weights and init.vatt_export both initialise the audio front-end")
         if not Path(init.wav2vec2_weights).is_file():
             raise ConfigError(f"init.wav2vec2_weights {init.wav2vec2_weights!r} not found")
+    for m, key in (("v", "video_frontend_from"), ("a", "audio_frontend_from")):
+        if getattr(init, key) and m not in cfg.model.modalities:
+            raise ConfigError(f"init.{key} is set but model.modalities={cfg.model.modalities!r} has no such stream")
+        sources = [k for k in frontend_sources(init, m) if m in cfg.model.modalities]
+        if len(sources) > 1:
+            raise ConfigError(f"{' and '.join('init.' + k for k in sources)} both initialise the {m!r} front-end")
     if init.freeze_steps > 0 and init.vatt_export and not init.load_weights and not init.wav2vec2_weights:
         raise ConfigError("init.freeze_steps would freeze random front-ends: init.load_weights is false")
-    if init.freeze_steps > 0 and not (init.vatt_export or init.wav2vec2_weights):
-        raise ConfigError("init.freeze_steps needs pretrained front-ends (init.vatt_export or init.wav2vec2_weights)")
+    if init.freeze_steps > 0 and not (init.avsr_export or any(frontend_sources(init, m) for m in "av")):
+        raise ConfigError(
+            "init.freeze_steps needs pretrained front-ends (init.vatt_export, init.wav2vec2_weights, "
+            "init.avsr_export or init.*_frontend_from)"
+        )
     if cfg.preprocess.root and cfg.preprocess.root != cfg.data.root:
         raise ConfigError("config key 'preprocess.root' is set from data.root; set data.root instead")
     if cfg.units.kind == "characters" and len(set(cfg.units.alphabet)) != len(cfg.units.alphabet):
@@ -307,6 +322,16 @@ def prepare_units(
     return avsr.TokenSet.from_sentencepiece(pieces), tokenizer.encode, model_file
 
 
+def frontend_sources(init: InitConfig, m: str) -> list[str]:
+    """The ``init`` keys that give the ``"v"`` or ``"a"`` front-end its weights (avsr_export: if it has m)."""
+    sources = ["vatt_export"] if init.vatt_export and m in init.frontends else []
+    if m == "a" and init.wav2vec2_weights:
+        sources.append("wav2vec2_weights")
+    if getattr(init, "video_frontend_from" if m == "v" else "audio_frontend_from"):
+        sources.append("video_frontend_from" if m == "v" else "audio_frontend_from")
+    return sources
+
+
 def model_overrides(cfg: TrainAvsrConfig, tokens: avsr.TokenSet, vatt_export: Export | None) -> dict[str, Any]:
     """Sizes come from the units and the preprocessing; VATT front-ends from the export, never typed twice."""
     pp = cfg.preprocess
@@ -334,9 +359,34 @@ def model_overrides(cfg: TrainAvsrConfig, tokens: avsr.TokenSet, vatt_export: Ex
     return overrides
 
 
-def init_frontends(model: avsr.AvsrModel, cfg: TrainAvsrConfig, vatt_export: Export | None) -> str:
-    """Load pretrained front-end weights; returns the streams whose front-ends were initialised."""
+def read_avsr_inits(init: InitConfig) -> dict[str, Export]:
+    """The AVSR exports named by ``init``, by key."""
+    keys = ("avsr_export", "video_frontend_from", "audio_frontend_from")
+    return {k: read_export(getattr(init, k), kind="avsr") for k in keys if getattr(init, k)}
+
+
+def check_units(avsr_inits: dict[str, Export], tokens: avsr.TokenSet) -> None:
+    """Output layers and decoder embeddings only carry over between models of the same units."""
+    for key, export in avsr_inits.items():
+        if "tokens" not in export.extra or avsr.TokenSet.from_dict(export.extra["tokens"]) != tokens:
+            raise ConfigError(f"init.{key}: that export's units differ from this run's ({len(tokens.units)} units)")
+
+
+def init_frontends(
+    model: avsr.AvsrModel, cfg: TrainAvsrConfig, vatt_export: Export | None, avsr_inits: dict[str, Export]
+) -> str:
+    """Load pretrained weights (AVSR exports first); returns the streams whose front-ends were initialised."""
     done = ""
+    if "avsr_export" in avsr_inits:
+        left = model.load_avsr_state(avsr_inits["avsr_export"].state_dict)
+        done += "".join(m for m in "va" if m in avsr_inits["avsr_export"].overrides["modalities"])
+        log.info("started from the AVSR export %s (%d entries left as built)", cfg.init.avsr_export, len(left))
+    for m, key in (("v", "video_frontend_from"), ("a", "audio_frontend_from")):
+        if key in avsr_inits:
+            prefix = "video_frontend." if m == "v" else "audio_frontend."
+            model.load_frontend_state(m, avsr_inits[key].state_dict, prefix=prefix)
+            done += m
+            log.info("%s front-end initialised from the AVSR export %s", m, getattr(cfg.init, key))
     if vatt_export is not None and not cfg.init.load_weights:
         log.info("front-ends built as the towers of %s, weights left random", cfg.init.vatt_export)
     elif vatt_export is not None:
@@ -349,7 +399,7 @@ def init_frontends(model: avsr.AvsrModel, cfg: TrainAvsrConfig, vatt_export: Exp
         model.load_frontend_state("a", read_state_dict(cfg.init.wav2vec2_weights))
         done += "a"
         log.info("audio front-end initialised from %s", cfg.init.wav2vec2_weights)
-    return done
+    return "".join(m for m in "va" if m in done)
 
 
 def build_optimizer(o: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -380,6 +430,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = parse_config(TrainAvsrConfig, sys.argv[1:] if argv is None else argv)
         check_config(cfg)
         vatt_export = read_export(cfg.init.vatt_export, kind="vatt") if cfg.init.vatt_export else None
+        avsr_inits = read_avsr_inits(cfg.init)
     except (ConfigError, ExportError) as exc:
         sys.exit(f"train_avsr.py: {exc}")
 
@@ -419,6 +470,7 @@ def main(argv: list[str] | None = None) -> None:
             lengths = [n for p in parts for n in p.lengths()]
             texts = [t for p in parts for t in p.texts()]
             tokens, encode, units_file = prepare_units(cfg, texts, run_dir)
+            check_units(avsr_inits, tokens)
             eval_modalities = cfg.eval.modalities or (
                 ["av", "a", "v"] if cfg.model.modalities == "av" else [cfg.model.modalities]
             )
@@ -446,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = model_overrides(cfg, tokens, vatt_export)
     try:
         model = avsr.create_model(cfg.model.name, **overrides)
-        pretrained = init_frontends(model, cfg, vatt_export)
+        pretrained = init_frontends(model, cfg, vatt_export, avsr_inits)
     except (KeyError, ValueError, RuntimeError) as exc:
         sys.exit(f"train_avsr.py: {str(exc).splitlines()[0]}")
     if cfg.sync_batchnorm and world > 1 and accelerator.device.type == "cuda":

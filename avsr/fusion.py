@@ -70,6 +70,14 @@ class Fusion(nn.Module):
             parts.append(a)
         return self.mlp(torch.cat(parts, dim=-1))  # (B, T, embed_dim)
 
+    def columns(self, modality: str) -> slice:
+        """The input columns of the MLP's first layer that read stream ``"v"`` or ``"a"``."""
+        if modality == "v" and self.video_dim:
+            return slice(0, self.video_dim)
+        if modality == "a" and self.audio_dim:
+            return slice(self.video_dim, self.video_dim + self.audio_dim)
+        raise ValueError(f"this fusion has no {modality!r} stream")
+
     def _keep(self, b: int, device: torch.device, has_v: bool, has_a: bool) -> tuple[Tensor, Tensor]:
         ones = torch.ones(b, device=device)
         if not (self.training and has_v and has_a) or self.audio_drop_prob + self.video_drop_prob == 0:

@@ -20,6 +20,7 @@ Use::
 Hooks for a training script::
 
     model.load_frontend_state("v", read_export(path, kind="vatt").state_dict)  # VATT tower init (or "a")
+    model.load_avsr_state(read_export(path, kind="avsr").state_dict)  # start from a trained (unimodal) model
     model.set_frontend_frozen(True)   # for the first N steps, then set_frontend_frozen(False)
     avsr.create_model(model.model_name, **model.overrides)                  # what an export rebuilds
 
@@ -117,6 +118,38 @@ class AvsrModel(nn.Module):
         else:
             p = prefix or ""
             fe.load_state_dict({k[len(p) :]: v for k, v in state_dict.items() if k.startswith(p)}, strict=True)
+
+    def load_avsr_state(self, state_dict: dict[str, Tensor]) -> list[str]:
+        """Start from a trained AVSR model of the same sizes, with the same or other streams.
+
+        Every weight whose name and shape match is copied; the fusion's first layer takes that model's
+        columns for the streams both models have and zeros for the others. So a model started from an
+        audio-only one computes in evaluation exactly what that one computes, whatever the video, and
+        training teaches it the new stream (auto_avsr starts its audio-visual models from unimodal ones).
+        Returns the names of the entries left as they were (e.g. the new stream's front-end).
+        """
+        own = self.state_dict()
+        first = "fusion.mlp.0.weight"
+        loaded: dict[str, Tensor] = {}
+        for name, value in state_dict.items():
+            if name not in own or name == first:
+                continue  # e.g. the front-end of a stream this model does not have
+            if own[name].shape != value.shape:
+                raise ValueError(f"{name}: shape {tuple(value.shape)} in the source, {tuple(own[name].shape)} here")
+            loaded[name] = value
+        src, weight, col = state_dict[first], torch.zeros_like(own[first]), 0
+        for m, norm in (("v", "fusion.video_norm.weight"), ("a", "fusion.audio_norm.weight")):
+            if norm not in state_dict:
+                continue  # the source has no such stream
+            width = state_dict[norm].shape[0]  # the source's columns are [video; audio], as here
+            if m in self.cfg.modalities:
+                weight[:, self.fusion.columns(m)] = src[:, col : col + width]
+            col += width
+        if col != src.shape[1]:
+            raise ValueError(f"{first}: {src.shape[1]} input columns in the source, its streams need {col}")
+        loaded[first] = weight
+        self.load_state_dict(loaded, strict=False)
+        return sorted(set(own) - set(loaded))
 
     # ---- forward -----------------------------------------------------------------------------------
     def _run_frontend(self, m: str, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

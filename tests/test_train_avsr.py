@@ -211,7 +211,7 @@ def test_random_init_baseline_keeps_the_export_architecture_without_its_weights(
         )
         tokens = avsr.TokenSet.characters("abc ")
         model = avsr.create_model("avsr_test", **train_avsr.model_overrides(cfg, tokens, export))
-        done = train_avsr.init_frontends(model, cfg, export)
+        done = train_avsr.init_frontends(model, cfg, export, {})
         state = model.state_dict()
         same = [
             torch.equal(state[k], towers["video_tower." + k[len("video_frontend.tower.") :]])
@@ -223,6 +223,56 @@ def test_random_init_baseline_keeps_the_export_architecture_without_its_weights(
     done, equal, total = loaded[False]
     assert done == "" and total == loaded[True][2]  # the same tower, parameter for parameter
     assert equal == 0  # none of the pretrained matrices
+
+
+def test_audio_visual_model_starts_from_audio_only_and_visual_only_exports(tmp_path):
+    import avsr
+    import train_avsr
+    from data.config import ConfigError, parse_config
+
+    tokens = avsr.TokenSet.characters("abc ")
+    exports = {}
+    for m in "av":
+        torch.manual_seed(ord(m))
+        model = avsr.create_model("avsr_test", vocab_size=tokens.vocab_size, modalities=m)
+        exports[m] = save_export(
+            tmp_path / m,
+            kind="avsr",
+            model_name=model.model_name,
+            overrides=model.overrides,
+            state_dict=model.state_dict(),
+            preprocess={},
+            extra={"tokens": tokens.to_dict()},
+        )
+    args = [f"init.avsr_export={exports['a']}", f"init.video_frontend_from={exports['v']}", "model.modalities=av"]
+    cfg = parse_config(train_avsr.TrainAvsrConfig, args)
+    train_avsr.check_config(cfg)
+    inits = train_avsr.read_avsr_inits(cfg.init)
+    train_avsr.check_units(inits, tokens)
+    with pytest.raises(ConfigError, match="init.avsr_export: that export's units differ"):
+        train_avsr.check_units(inits, avsr.TokenSet.characters("abcd "))
+    torch.manual_seed(7)
+    model = avsr.create_model("avsr_test", **train_avsr.model_overrides(cfg, tokens, None))
+    assert train_avsr.init_frontends(model, cfg, None, inits) == "va"
+    audio_only, _, _ = load_avsr_export(exports["a"])
+    visual_only, _, _ = load_avsr_export(exports["v"])
+    for k, v in visual_only.video_frontend.state_dict().items():
+        assert torch.equal(model.video_frontend.state_dict()[k], v), k
+    g = torch.Generator().manual_seed(3)
+    inputs = {  # two utterances of 4 and 3 frames (640 samples a frame)
+        "video": torch.randn(2, 4, 1, 16, 16, generator=g),
+        "video_lengths": torch.tensor([4, 3]),
+        "audio": 0.1 * torch.randn(2, 4 * 640, generator=g),
+        "audio_lengths": torch.tensor([4 * 640, 3 * 640]),
+    }
+    with torch.no_grad():  # the video columns start at zero: audio-visual == the audio-only model
+        ours = model.eval().encode(**inputs)["ctc_log_probs"]
+        ref = audio_only.encode(audio=inputs["audio"], audio_lengths=inputs["audio_lengths"])["ctc_log_probs"]
+    torch.testing.assert_close(ours[0], ref[0])
+    torch.testing.assert_close(ours[1, :3], ref[1, :3])
+    bad = parse_config(train_avsr.TrainAvsrConfig, [f"init.video_frontend_from={exports['v']}", "model.modalities=a"])
+    with pytest.raises(ConfigError, match="init.video_frontend_from is set but"):
+        train_avsr.check_config(bad)
 
 
 @pytest.mark.slow

@@ -203,3 +203,35 @@ def test_registry_builds_every_model_and_rebuilds_from_name_and_overrides(tmp_pa
         avsr.create_model("avsr_test", embed_dimm=3)
     with pytest.raises(ValueError, match="video_frontend"):
         avsr.create_model("avsr_test", video_frontend="resnet50")
+
+
+@pytest.mark.parametrize("source_variant, stream", [("a-transformer", "a"), ("v-conformer", "v")])
+def test_a_model_started_from_a_unimodal_one_computes_what_that_one_computes(source_variant, stream, inputs_fn):
+    source = build(source_variant).eval()
+    torch.manual_seed(1)
+    target = avsr.create_model("avsr_test", vocab_size=12, encoder=source.cfg.encoder).eval()  # modalities "av"
+    left = target.load_avsr_state(source.state_dict())
+    other = "video" if stream == "a" else "audio"
+    assert left and all(k.startswith((f"{other}_frontend.", f"fusion.{other}_norm.")) for k in left)
+    inputs = inputs_fn([5, 4], seed=2)
+    with torch.no_grad():
+        ref = source.encode(**_inputs_for(source, inputs))
+        out = target.encode(**inputs)  # both streams: the new one must not change anything yet
+    for i, n in enumerate(inputs["video_lengths"].tolist()):
+        torch.testing.assert_close(out["enc_out"][i, :n], ref["enc_out"][i, :n])
+        torch.testing.assert_close(out["ctc_log_probs"][i, :n], ref["ctc_log_probs"][i, :n])
+    # and the new stream's columns are there to learn: a gradient reaches them
+    target.train()
+    target.fusion.audio_drop_prob = target.fusion.video_drop_prob = 0.0
+    out = target(**inputs, targets=torch.tensor([[1, 2], [3, 4]]), target_lengths=torch.tensor([2, 2]))
+    avsr.HybridLoss()(**out, targets=torch.tensor([[1, 2], [3, 4]]), target_lengths=torch.tensor([2, 2]))[
+        "loss"
+    ].backward()
+    assert target.fusion.mlp[0].weight.grad[:, target.fusion.columns(other[0])].abs().sum() > 0
+
+
+def test_starting_from_a_model_of_other_sizes_names_the_mismatch():
+    source = avsr.create_model("avsr_test", vocab_size=13, modalities="a")
+    target = avsr.create_model("avsr_test", vocab_size=12)
+    with pytest.raises(ValueError, match="ctc_head.weight: shape"):
+        target.load_avsr_state(source.state_dict())
