@@ -33,18 +33,22 @@ def collate(items: Sequence[dict[str, Any] | ItemFailure]) -> dict[str, Any]:
     Keys: ``video`` (B, T, C, H, W), ``audio`` (B, S), ``audio_mask`` (B,), ``text_ids`` (B, P, L),
     ``text_lengths`` (B, P), ``text_mask`` (B,), ``video_index`` (B,), ``clip_index`` (B,), ``ids``
     (list of B clip ids) and ``failures`` (list of (path, reason)). When every item failed the batch
-    holds only ``ids = []`` and ``failures``: check ``batch_size(batch)`` before using it.
+    holds only ``ids = []`` and ``failures``: check ``batch_size(batch)`` before using it. ``L`` is the
+    longest caption of the batch: the padding beyond it is cut (the text tower masks padding, so this
+    only saves work).
     """
     good = [x for x in items if not isinstance(x, ItemFailure)]
     failures = [(x.path, x.reason) for x in items if isinstance(x, ItemFailure)]
     if not good:
         return {"ids": [], "failures": failures}
+    text_lengths = torch.stack([x["text_lengths"] for x in good])  # (B, P)
+    longest = max(int(text_lengths.max()), 1)
     return {
         "video": torch.stack([x["video"] for x in good]),  # (B, T, C, H, W)
         "audio": torch.stack([x["audio"] for x in good]),  # (B, S)
         "audio_mask": torch.tensor([x["audio_mask"] for x in good], dtype=torch.float32),
-        "text_ids": torch.stack([x["text_ids"] for x in good]),  # (B, P, L)
-        "text_lengths": torch.stack([x["text_lengths"] for x in good]),  # (B, P)
+        "text_ids": torch.stack([x["text_ids"][:, :longest] for x in good]),  # (B, P, L)
+        "text_lengths": text_lengths,
         "text_mask": torch.tensor([x["text_mask"] for x in good], dtype=torch.float32),
         "video_index": torch.tensor([x["video_index"] for x in good], dtype=torch.int64),
         "clip_index": torch.tensor([x["clip_index"] for x in good], dtype=torch.int64),

@@ -76,6 +76,9 @@ class VattConfig:
     text: EncoderConfig = field(default_factory=small)
     shared_encoder: bool = False  # VATT-MA: one transformer for all modalities (video/audio/text must be equal)
     grad_checkpointing: bool = False
+    # captions run through the text tower in this many groups of similar length, each cut to its longest
+    # caption: padding is masked, so outputs are unchanged and the work shrinks with the spread of lengths
+    text_length_groups: int = 4
     # FAC heads
     va_dim: int = 512
     vt_dim: int = 256

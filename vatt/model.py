@@ -60,8 +60,20 @@ class VattModel(nn.Module):
         return {"audio_va": F.normalize(va, dim=-1)}
 
     def encode_text(self, text_ids: torch.Tensor, text_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
-        vt = self.head.text(self.text_tower(text_ids, text_lengths)["pooled"])
+        vt = self.head.text(self._pooled_text(text_ids, text_lengths))
         return {"text_vt": F.normalize(vt, dim=-1)}
+
+    def _pooled_text(self, text_ids: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
+        """Text tower's pooled output (N, D), computed in ``cfg.text_length_groups`` groups of similar length."""
+        groups = self.cfg.text_length_groups
+        if groups <= 1 or text_ids.shape[0] < 2 * groups:
+            return self.text_tower(text_ids, text_lengths)["pooled"]
+        order = text_lengths.argsort()
+        pooled = []
+        for idx in order.tensor_split(groups):
+            longest = max(int(text_lengths[idx].max()), 1)
+            pooled.append(self.text_tower(text_ids[idx, :longest], text_lengths[idx])["pooled"])
+        return torch.cat(pooled)[order.argsort()]  # back to the input order
 
     def forward(
         self, video: torch.Tensor, audio: torch.Tensor, text_ids: torch.Tensor, text_lengths: torch.Tensor

@@ -204,10 +204,15 @@ def test_text_positives_follow_the_clip(corpus):
 
 def test_collate_batch_contract(corpus):
     ds = ManifestDataset(corpus["manifest"], SMALL, corpus["tok"], train=False, clips_per_video=2)
-    batch = collate([ds[i] for i in range(5)])
+    items = [ds[i] for i in range(5)]
+    batch = collate(items)
     assert batch["video"].shape == (5, 8, 3, 32, 32)
     assert batch["audio"].shape == (5, 6400)
-    assert batch["text_ids"].shape == (5, 3, 16) and batch["text_ids"].dtype == torch.int64
+    # padding beyond the batch's longest caption is cut; nothing else is
+    longest = int(max(x["text_lengths"].max() for x in items))
+    assert 0 < longest < 16 and batch["text_ids"].shape == (5, 3, longest) and batch["text_ids"].dtype == torch.int64
+    for x, ids in zip(items, batch["text_ids"]):
+        assert torch.equal(ids, x["text_ids"][:, :longest]) and not x["text_ids"][:, longest:].any()
     assert batch["text_lengths"].shape == (5, 3) and batch["text_lengths"].dtype == torch.int64
     assert batch["audio_mask"].tolist() == [1, 1, 0, 0, 1] and batch["audio_mask"].dtype == torch.float32
     assert batch["text_mask"].tolist() == [1, 1, 1, 1, 0]

@@ -88,6 +88,25 @@ def test_caption_embeds_the_same_alone_and_in_a_padded_batch(name):
     assert (_encode_caption(model, padded, torch.tensor([4, 8]))[0] - alone[0]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("name", ["vatt_test", "vatt_ma_medium"])
+def test_captions_in_length_groups_embed_and_backpropagate_as_one_batch(name):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 50, (13, 8), generator=g)
+    lengths = torch.tensor([8, 1, 4, 7, 2, 8, 3, 3, 6, 5, 6, 8, 2])
+    results = []
+    for groups in (1, 3):
+        torch.manual_seed(0)
+        model = vatt.create_model(name, **TEST_OVERRIDES[name], text_length_groups=groups).eval()
+        out = model.encode_text(ids, lengths)["text_vt"]
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        results.append((out, {k: p.grad for k, p in model.named_parameters() if p.grad is not None}))
+    (ref, ref_grads), (out, grads) = results
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    assert ref_grads.keys() == grads.keys() and len(grads) > 5
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-3, atol=1e-5)  # float32 sums in other orders
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     b = _batch(vatt.create_model("vatt_test").cfg)
     grads = []
