@@ -31,13 +31,20 @@ UNK_ID = 1
 
 
 class Tokenizer:
-    """A SentencePiece model with batch encoding to padded id tensors plus lengths."""
+    """A SentencePiece model with batch encoding to padded id tensors plus lengths.
+
+    ``encode_batch`` remembers the pieces of up to ``cache_size`` distinct texts: a training run meets
+    the same captions every epoch, and encoding them again costs a fifth of a clip's loading time.
+    """
+
+    cache_size = 200_000
 
     def __init__(self, model_file: str | Path) -> None:
         self.model_file = Path(model_file)
         if not self.model_file.is_file():
             raise FileNotFoundError(f"tokenizer model not found: {self.model_file}")
         self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        self._pieces: dict[str, list[int]] = {}
         if self.sp.pad_id() != PAD_ID or self.sp.unk_id() != UNK_ID:
             raise ValueError(
                 f"{self.model_file}: tokenizer must use pad id {PAD_ID} and unk id {UNK_ID}, "
@@ -55,8 +62,12 @@ class Tokenizer:
         """Token ids (N, max_len) int64 padded with 0 and cut at ``max_len``, and lengths (N,) int64."""
         ids = torch.full((len(texts), max_len), PAD_ID, dtype=torch.int64)
         lengths = torch.zeros(len(texts), dtype=torch.int64)
-        for i, pieces in enumerate(self.sp.encode(list(texts)) if texts else []):
-            pieces = pieces[:max_len]
+        new = [t for t in dict.fromkeys(texts) if t not in self._pieces]
+        encoded = dict(zip(new, self.sp.encode(new))) if new else {}
+        if len(self._pieces) + len(encoded) <= self.cache_size:
+            self._pieces.update(encoded)
+        for i, text in enumerate(texts):
+            pieces = (self._pieces[text] if text in self._pieces else encoded[text])[:max_len]
             ids[i, : len(pieces)] = torch.tensor(pieces, dtype=torch.int64)
             lengths[i] = len(pieces)
         return ids, lengths

@@ -63,6 +63,20 @@ def test_encode_batch_pads_truncates_and_counts(tok):
     assert tok.decode(ids[:1]) == [tok.sp.decode(tok.sp.encode("a red circle")[:8])]
 
 
+def test_encode_batch_remembers_texts_without_changing_results(tok, monkeypatch):
+    texts = [CAPTIONS[0], "", CAPTIONS[1], CAPTIONS[0], "a red circle"]
+    first = tok.encode_batch(texts, max_len=6)
+    second = tok.encode_batch(list(reversed(texts)), max_len=12)  # served from memory, other cut
+    for ids, lengths, order, cut in ((*first, texts, 6), (*second, list(reversed(texts)), 12)):
+        for row, length, text in zip(ids, lengths, order):
+            ref = tok.sp.encode(text)[:cut]
+            assert length.item() == len(ref) and row[: len(ref)].tolist() == ref and not row[len(ref) :].any()
+    monkeypatch.setattr(type(tok), "cache_size", 0)  # a full memory encodes every call anew
+    fresh = pickle.loads(pickle.dumps(tok))
+    fresh._pieces.clear()
+    assert torch.equal(fresh.encode_batch(texts, 6)[0], first[0]) and not fresh._pieces
+
+
 def test_unknown_characters_map_to_unk(tok):
     assert UNK_ID in tok.encode("λ")
 
