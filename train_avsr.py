@@ -379,7 +379,8 @@ def init_frontends(
     done = ""
     if "avsr_export" in avsr_inits:
         left = model.load_avsr_state(avsr_inits["avsr_export"].state_dict)
-        done += "".join(m for m in "va" if m in avsr_inits["avsr_export"].overrides["modalities"])
+        theirs = avsr_inits["avsr_export"].overrides["modalities"]
+        done += "".join(m for m in "va" if m in theirs and m in cfg.model.modalities)
         log.info("started from the AVSR export %s (%d entries left as built)", cfg.init.avsr_export, len(left))
     for m, key in (("v", "video_frontend_from"), ("a", "audio_frontend_from")):
         if key in avsr_inits:
@@ -390,11 +391,11 @@ def init_frontends(
     if vatt_export is not None and not cfg.init.load_weights:
         log.info("front-ends built as the towers of %s, weights left random", cfg.init.vatt_export)
     elif vatt_export is not None:
-        for m in "va":
-            if m in cfg.init.frontends and m in cfg.model.modalities:
-                model.load_frontend_state(m, vatt_export.state_dict)
-                done += m
-        log.info("front-ends %r initialised from the VATT export %s", done, cfg.init.vatt_export)
+        towers = "".join(m for m in "va" if m in cfg.init.frontends and m in cfg.model.modalities)
+        for m in towers:
+            model.load_frontend_state(m, vatt_export.state_dict)
+        done += towers
+        log.info("front-ends %r initialised from the VATT export %s", towers, cfg.init.vatt_export)
     if cfg.init.wav2vec2_weights:
         model.load_frontend_state("a", read_state_dict(cfg.init.wav2vec2_weights))
         done += "a"

@@ -270,6 +270,10 @@ def test_audio_visual_model_starts_from_audio_only_and_visual_only_exports(tmp_p
         ref = audio_only.encode(audio=inputs["audio"], audio_lengths=inputs["audio_lengths"])["ctc_log_probs"]
     torch.testing.assert_close(ours[0], ref[0])
     torch.testing.assert_close(ours[1, :3], ref[1, :3])
+    # an audio-only export starting a visual-only model gives it no front-end
+    lips = parse_config(train_avsr.TrainAvsrConfig, [f"init.avsr_export={exports['a']}", "model.modalities=v"])
+    lips_model = avsr.create_model("avsr_test", **train_avsr.model_overrides(lips, tokens, None))
+    assert train_avsr.init_frontends(lips_model, lips, None, train_avsr.read_avsr_inits(lips.init)) == ""
     bad = parse_config(train_avsr.TrainAvsrConfig, [f"init.video_frontend_from={exports['v']}", "model.modalities=a"])
     with pytest.raises(ConfigError, match="init.video_frontend_from is set but"):
         train_avsr.check_config(bad)
