@@ -91,7 +91,7 @@ class OptimConfig:
 @dataclass
 class PretrainConfig:
     output_dir: str = ""  # empty: a fresh timestamped directory under runs/
-    max_steps: int = 1000
+    max_steps: int = 750
     seed: int = 0
     resume: Literal["auto", "never"] = "auto"
     batch_size: int = 64  # clips per optimizer step, over all processes and accumulation steps
