@@ -61,6 +61,9 @@ from eval.lrs2 import DecodeConfig, make_loader, summarize, transcribe
 
 log = logging.getLogger("train_avsr")
 
+# The init key that takes each stream's front-end from another AVSR export.
+FRONTEND_FROM = {"v": "video_frontend_from", "a": "audio_frontend_from"}
+
 # Set from the units and the preprocessing, never by hand.
 DERIVED_OVERRIDES = ("vocab_size", "modalities", "fps", "sample_rate")
 
@@ -235,7 +238,7 @@ def check_config(cfg: TrainAvsrConfig) -> None:
             raise ConfigError("init.wav2vec2_weights needs model.overrides.audio_frontend=wav2vec2 and an audio stream")
         if not Path(init.wav2vec2_weights).is_file():
             raise ConfigError(f"init.wav2vec2_weights {init.wav2vec2_weights!r} not found")
-    for m, key in (("v", "video_frontend_from"), ("a", "audio_frontend_from")):
+    for m, key in FRONTEND_FROM.items():
         if getattr(init, key) and m not in cfg.model.modalities:
             raise ConfigError(f"init.{key} is set but model.modalities={cfg.model.modalities!r} has no such stream")
         sources = [k for k in frontend_sources(init, m) if m in cfg.model.modalities]
@@ -327,8 +330,8 @@ def frontend_sources(init: InitConfig, m: str) -> list[str]:
     sources = ["vatt_export"] if init.vatt_export and m in init.frontends else []
     if m == "a" and init.wav2vec2_weights:
         sources.append("wav2vec2_weights")
-    if getattr(init, "video_frontend_from" if m == "v" else "audio_frontend_from"):
-        sources.append("video_frontend_from" if m == "v" else "audio_frontend_from")
+    if getattr(init, FRONTEND_FROM[m]):
+        sources.append(FRONTEND_FROM[m])
     return sources
 
 
@@ -361,7 +364,7 @@ def model_overrides(cfg: TrainAvsrConfig, tokens: avsr.TokenSet, vatt_export: Ex
 
 def read_avsr_inits(init: InitConfig) -> dict[str, Export]:
     """The AVSR exports named by ``init``, by key."""
-    keys = ("avsr_export", "video_frontend_from", "audio_frontend_from")
+    keys = ("avsr_export", *FRONTEND_FROM.values())
     return {k: read_export(getattr(init, k), kind="avsr") for k in keys if getattr(init, k)}
 
 
@@ -382,7 +385,7 @@ def init_frontends(
         theirs = avsr_inits["avsr_export"].overrides["modalities"]
         done += "".join(m for m in "va" if m in theirs and m in cfg.model.modalities)
         log.info("started from the AVSR export %s (%d entries left as built)", cfg.init.avsr_export, len(left))
-    for m, key in (("v", "video_frontend_from"), ("a", "audio_frontend_from")):
+    for m, key in FRONTEND_FROM.items():
         if key in avsr_inits:
             prefix = "video_frontend." if m == "v" else "audio_frontend."
             model.load_frontend_state(m, avsr_inits[key].state_dict, prefix=prefix)
