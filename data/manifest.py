@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from cachetools import LRUCache
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from data.collate import DataFailureError, FailureTracker, ItemFailure, batch_size, collate
 from data.media import MediaError, MediaReader
@@ -207,6 +209,28 @@ class _Window:
     clip_index: int
 
 
+def _clip_bytes(clip: tuple[torch.Tensor, torch.Tensor | None]) -> int:
+    video, audio = clip
+    return video.nbytes + (0 if audio is None else audio.nbytes)
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+class _FixedClips(Dataset):
+    """Item ``i``: :meth:`ManifestDataset._fixed_clip` of video ``i`` (what :meth:`~ManifestDataset.prefill` loads)."""
+
+    def __init__(self, dataset: ManifestDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset.entries)
+
+    def __getitem__(self, index: int) -> tuple[int, float | None, tuple | None]:
+        return self.dataset._fixed_clip(index)
+
+
 class ManifestDataset(Dataset):
     """Clips from a manifest, decoded with :mod:`data.media` and transformed for VATT.
 
@@ -215,6 +239,13 @@ class ManifestDataset(Dataset):
     cannot be decoded gives an :class:`ItemFailure` (never a zero video); :func:`collate`
     drops it and reports it in ``batch["failures"]`` for :class:`FailureTracker`.
     ``entries`` holds the parsed manifest (paths, timed captions, labels) for evaluators.
+
+    ``cache_mb`` > 0 keeps decoded clips (uint8 frames and audio, before augmentation) in memory, least
+    recently used out first, keyed by video and window start, so a clip seen again is not decoded again.
+    It pays when windows repeat: entries one clip long (the built-in corpus, trimmed segments) or eval
+    clips. With random windows in long videos it rarely hits; leave it at 0 there. Each DataLoader
+    worker holds its own cache, so the memory is up to ``cache_mb`` per worker; :meth:`prefill` fills
+    the cache of this process (and of workers forked after it) before training.
     """
 
     def __init__(
@@ -226,6 +257,7 @@ class ManifestDataset(Dataset):
         clips_per_video: int = 4,
         decode_threads: int = 1,
         with_audio: bool = True,
+        cache_mb: float = 0,
     ) -> None:
         self.entries = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
         if clips_per_video < 1:
@@ -238,6 +270,9 @@ class ManifestDataset(Dataset):
         self.with_audio = with_audio
         self.video_transform = VideoTransform(self.cfg, train)
         self.audio_transform = AudioTransform(self.cfg, train)
+        self.cache_mb = cache_mb
+        self._durations: dict[int, float] = {}  # video index -> declared duration, to place windows unopened
+        self._decoded: LRUCache | None = None  # made lazily: each DataLoader worker fills its own
 
     def __len__(self) -> int:
         return len(self.entries) if self.train else len(self.entries) * self.clips_per_video
@@ -263,12 +298,7 @@ class ManifestDataset(Dataset):
         entry = self.entries[video_index]
         cfg = self.cfg
         try:
-            with MediaReader(entry.media, threads=self.decode_threads) as reader:
-                window = self._window(entry, reader.info.duration, clip_index)
-                # Scaled while decoding, unless a region in source pixels is cut first (VideoTransform).
-                size = None if cfg.region is not None else cfg.resize_size
-                video = reader.read_video(window.start, cfg.num_frames, cfg.fps, size=size)
-                audio = reader.read_audio(window.start, cfg.audio_samples, cfg.sample_rate) if self.with_audio else None
+            window, video, audio = self._decode(video_index, clip_index)
         except MediaError as exc:
             return ItemFailure(str(entry.media), str(exc), video_index)
         audio_mask = 0.0 if audio is None else 1.0
@@ -285,6 +315,88 @@ class ManifestDataset(Dataset):
             "clip_index": window.clip_index,
             "id": f"{entry.id}@{window.start:.3f}",
         }
+
+    def _decode(self, video_index: int, clip_index: int) -> tuple[_Window, torch.Tensor, torch.Tensor | None]:
+        """The clip's window, uint8 frames and audio (``None`` without audio), from the cache if there."""
+        entry, cfg = self.entries[video_index], self.cfg
+        duration = self._durations.get(video_index)  # known once the file was opened with the cache on
+        window = None if duration is None else self._window(entry, duration, clip_index)
+        if window is not None:
+            hit = self._cache().get((video_index, window.start))
+            if hit is not None:
+                return window, *hit
+        with MediaReader(entry.media, threads=self.decode_threads) as reader:
+            duration = reader.info.duration
+            if window is None:  # one random draw per item, whether or not the cache served it
+                window = self._window(entry, duration, clip_index)
+            # Scaled while decoding, unless a region in source pixels is cut first (VideoTransform).
+            size = None if cfg.region is not None else cfg.resize_size
+            video = reader.read_video(window.start, cfg.num_frames, cfg.fps, size=size)
+            audio = reader.read_audio(window.start, cfg.audio_samples, cfg.sample_rate) if self.with_audio else None
+        if self.cache_mb > 0:
+            self._durations[video_index] = duration
+            cache = self._cache()
+            if _clip_bytes((video, audio)) <= cache.maxsize:
+                cache[(video_index, window.start)] = (video, audio)
+        return window, video, audio
+
+    def prefill(self, num_workers: int = 0, progress: bool = True) -> int:
+        """Decode into the cache, with ``num_workers`` processes, every entry that has only one window.
+
+        An entry no longer than one clip is always cut at its start, in training and evaluation alike,
+        so its clip is known in advance; longer entries are left to decode on demand, and so are files
+        that fail (:meth:`__getitem__` reports them). Returns the number of clips cached.
+        """
+        if self.cache_mb <= 0:
+            raise ValueError("prefill needs cache_mb > 0")
+        cfg = self.cfg
+        # Square frames at resize_size: a guess (wider or uncropped frames are bigger) that only has to
+        # tell a corpus that fits from one that is hopelessly large; the cache itself enforces the limit.
+        clip_mb = (cfg.num_frames * 3 * cfg.resize_size**2 + 4 * cfg.audio_samples * self.with_audio) / 2**20
+        if clip_mb * len(self.entries) > self.cache_mb:
+            logger.info(
+                "not prefilling: %d clips need about %.0f MB, the cache holds %.0f MB",
+                len(self.entries),
+                clip_mb * len(self.entries),
+                self.cache_mb,
+            )
+            return 0
+        # Its own generator: seeding the workers must not draw from the training's random stream.
+        loader = DataLoader(
+            _FixedClips(self), batch_size=None, num_workers=num_workers, collate_fn=_as_is, generator=torch.Generator()
+        )
+        cache, cached = self._cache(), 0
+        bar = tqdm(loader, desc="decoding clips", unit="clip", disable=not progress, leave=False)
+        for video_index, duration, clip in bar:
+            if duration is not None:
+                self._durations[video_index] = duration
+            if clip is not None and _clip_bytes(clip[1:]) <= cache.maxsize:
+                cache[(video_index, clip[0])] = clip[1:]
+                cached += 1
+        logger.info("cached %d of %d clips (%.0f MB)", cached, len(self.entries), cache.currsize / 2**20)
+        return cached
+
+    def _fixed_clip(self, video_index: int) -> tuple[int, float | None, tuple | None]:
+        """(video index, duration, (start, video, audio) or None when the entry has several windows)."""
+        entry, cfg = self.entries[video_index], self.cfg
+        try:
+            with MediaReader(entry.media, threads=self.decode_threads) as reader:
+                duration = reader.info.duration
+                start = entry.start if entry.start is not None else 0.0
+                end = entry.end if entry.end is not None else duration
+                if end - start > cfg.clip_seconds:
+                    return video_index, duration, None
+                size = None if cfg.region is not None else cfg.resize_size
+                video = reader.read_video(start, cfg.num_frames, cfg.fps, size=size)
+                audio = reader.read_audio(start, cfg.audio_samples, cfg.sample_rate) if self.with_audio else None
+        except MediaError:
+            return video_index, None, None
+        return video_index, duration, (start, video, audio)
+
+    def _cache(self) -> LRUCache:
+        if self._decoded is None:
+            self._decoded = LRUCache(maxsize=int(self.cache_mb * 2**20), getsizeof=_clip_bytes)
+        return self._decoded
 
     def _text(self, entry: ManifestEntry, window: _Window) -> tuple[torch.Tensor, torch.Tensor, float]:
         p, length = self.cfg.num_positives, self.cfg.max_text_len

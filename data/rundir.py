@@ -29,6 +29,20 @@ def setup_logging(level: int = logging.INFO, main_process: bool = True) -> None:
     )
 
 
+def cpu_threads(requested: int, processes: int) -> int:
+    """Torch threads for a process on a CPU: ``requested`` if positive, else this machine's cores shared out.
+
+    ``accelerate launch`` exports ``OMP_NUM_THREADS=1`` unless told ``--cpu``, which leaves one core of
+    a laptop idle during training; a script calls ``torch.set_num_threads(cpu_threads(...))`` instead.
+    ``processes`` counts the training processes on this machine (``LOCAL_WORLD_SIZE`` when set).
+    """
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
+    return max(1, cores // max(1, local))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path`` (file or directory)."""

@@ -362,3 +362,66 @@ def test_region_errors_name_the_box():
     with pytest.raises(ValueError, match=r"region \[0, 0, 16, 8\] reaches outside the 8x8 frame"):
         VideoTransform(PreprocessConfig(image_size=4, resize_size=4, region=(0, 0, 16, 8)), train=False)(video)
     assert PreprocessConfig.from_dict(PreprocessConfig(region=(1, 2, 3, 4)).to_dict()).region == (1, 2, 3, 4)
+
+
+# --------------------------------------------------------------------------- decoded-clip cache
+
+
+@pytest.fixture()
+def one_clip_rows(grey_ramp, fast_ramp, bad_files):
+    """Two entries exactly one clip long (0.8 s), one long entry (random windows), one unreadable file."""
+    timed = [{"text": t, "start": s, "end": e} for t, s, e in TIMED]
+    return [
+        {"media": str(grey_ramp), "id": "grey_one", "start": 1.0, "end": 1.8, "captions": timed},
+        {"media": str(fast_ramp), "id": "silent_one", "end": 0.8, "captions": ["a grey ramp without sound"]},
+        {"media": str(grey_ramp), "id": "grey_long", "captions": timed},
+        {"media": str(bad_files["truncated"]), "id": "broken"},
+    ]
+
+
+def _items(ds, keys):
+    """Fetch items under fixed seeds, as training does (SeededItems)."""
+    from data.sampling import SeededItems
+
+    seeded = SeededItems(ds)
+    return [seeded[k] for k in keys]
+
+
+def _assert_same_items(got, want):
+    for a, b in zip(got, want, strict=True):
+        if not isinstance(b, dict):
+            assert type(a) is type(b) and a.reason == b.reason
+            continue
+        assert a["id"] == b["id"]
+        for k in ("video", "audio", "text_ids", "text_lengths"):
+            assert torch.equal(a[k], b[k]), k
+        assert (a["audio_mask"], a["text_mask"]) == (b["audio_mask"], b["text_mask"])
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_cache_and_prefill_give_the_same_items_as_decoding(tmp_path, one_clip_rows, corpus, train):
+    entries = read_manifest(write_manifest(tmp_path / "m.jsonl", one_clip_rows))
+    keys = [(i, 100 + j) for j in range(3) for i in range(len(entries))]  # every item three times
+    plain = ManifestDataset(entries, SMALL, corpus["tok"], train=train, clips_per_video=1)
+    want = _items(plain, keys)
+    lazy = ManifestDataset(entries, SMALL, corpus["tok"], train=train, clips_per_video=1, cache_mb=64)
+    _assert_same_items(_items(lazy, keys), want)  # misses first, then hits
+    assert len(lazy._decoded) >= 2  # the long entry adds a key per random window in training
+    filled = ManifestDataset(entries, SMALL, corpus["tok"], train=train, clips_per_video=1, cache_mb=64)
+    assert filled.prefill(num_workers=2, progress=False) == 2  # the one-clip entries; not the long or broken
+    assert sorted(k[0] for k in filled._decoded) == [0, 1]
+    _assert_same_items(_items(filled, keys), want)
+    # A hit must not hand out a tensor that augmentation can change: the cached frames stay as decoded.
+    cached = filled._decoded[(0, 1.0)][0].clone()
+    _items(filled, keys)
+    assert torch.equal(filled._decoded[(0, 1.0)][0], cached)
+
+
+def test_prefill_skips_a_corpus_bigger_than_the_cache(tmp_path, one_clip_rows, corpus, caplog):
+    entries = read_manifest(write_manifest(tmp_path / "m.jsonl", one_clip_rows))
+    ds = ManifestDataset(entries, SMALL, corpus["tok"], train=True, cache_mb=0.01)  # 10 kB: not one clip
+    with caplog.at_level(logging.INFO, logger="data.manifest"):
+        assert ds.prefill(progress=False) == 0
+    assert "not prefilling" in caplog.text and len(ds._cache()) == 0
+    with pytest.raises(ValueError, match="cache_mb"):
+        ManifestDataset(entries, SMALL, corpus["tok"], train=True).prefill(progress=False)

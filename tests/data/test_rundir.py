@@ -5,7 +5,7 @@ import signal
 import torch
 from accelerate import Accelerator
 
-from data.rundir import MetricsLog, StateManager, StopRequest, atomic_write_json, plot_curves
+from data.rundir import MetricsLog, StateManager, StopRequest, atomic_write_json, cpu_threads, plot_curves
 
 
 def _setup():
@@ -58,3 +58,12 @@ def test_metrics_log_and_curves(tmp_path):
     atomic_write_json(tmp_path / "m.json", {"a": 1})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cpu_threads_shares_the_cores_among_local_processes(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert cpu_threads(3, 1) == 3  # asked for: kept
+    assert cpu_threads(0, 1) == 8 and cpu_threads(0, 2) == 4 and cpu_threads(0, 16) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 16 processes over 4 machines: 4 here
+    assert cpu_threads(0, 16) == 2
