@@ -8,7 +8,9 @@ Two settings, each with 0, 1 and 2 DataLoader workers:
   48 kHz audio, 16 tokens x 5 positives) on YouTube-like media written once into the cache: 10 s
   640x360 H.264 at 30 fps with 44.1 kHz AAC, moving shapes over a textured background;
 - ``demo``: the CPU demo preprocessing (``data.synth.shapes.demo_preprocess``: 8 frames of 64x64,
-  16 kHz) on the built-in shapes corpus (112x112, 10 fps), generated into the cache on first use.
+  16 kHz) on the built-in shapes corpus (112x112, 10 fps), generated into the cache on first use;
+- ``demo-cached``: the same with decoded clips kept in memory (``cache_mb``), filled beforehand by
+  ``ManifestDataset.prefill`` with one process per core (its time is printed), as ``pretrain.py`` does.
 
 Each row times ``--batches`` batches after one warm-up batch (worker start-up excluded) and prints a
 markdown table with the date, machine and command for BENCHMARKS.md.
@@ -91,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--batches", type=int, default=12, help="timed batches per row")
-    p.add_argument("--settings", nargs="+", default=["vatt", "demo"], choices=["vatt", "demo"])
-    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vatt-bench-data"))
+    p.add_argument("--settings", nargs="+", default=["vatt", "demo"], choices=["vatt", "demo", "demo-cached"])
+    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vatt-bench-data"), help="media directory")
     p.add_argument("--decode-threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # workers and decoders use the cores; torch ops here are small
@@ -104,14 +106,21 @@ def main(argv: list[str] | None = None) -> None:
         if setting == "vatt":
             manifest, cfg, batch = youtube_like_corpus(cache), VATT, 8
             media = "640x360 30 fps H.264, 44.1 kHz AAC, 10 s"
-        else:
+        else:  # demo, demo-cached
             corpus = shapes.generate(cache / "shapes-2000-256", 2000, 256, progress=True)
             manifest, cfg, batch = corpus / "train.jsonl", shapes.demo_preprocess(), 32
             media = "shapes corpus: 112x112 10 fps, 16 kHz AAC, 3.2 s"
-        tok_file = cache / f"{setting}.model"
+        tok_file = cache / f"{setting.split('-')[0]}.model"
         if not tok_file.exists():
             train_tokenizer(caption_texts(read_manifest(manifest)), 1000, tok_file)
-        ds = ManifestDataset(manifest, cfg, Tokenizer(tok_file), train=True, decode_threads=args.decode_threads)
+        cache_mb = 2048 if setting == "demo-cached" else 0
+        ds = ManifestDataset(
+            manifest, cfg, Tokenizer(tok_file), train=True, decode_threads=args.decode_threads, cache_mb=cache_mb
+        )
+        if cache_mb:
+            t0 = time.perf_counter()
+            n = ds.prefill(num_workers=len(os.sched_getaffinity(0)))
+            print(f"{setting}: prefill decoded {n} clips in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         shape = f"{cfg.num_frames}x{cfg.image_size}x{cfg.image_size} @ {cfg.fps:g} fps, {cfg.sample_rate // 1000} kHz"
         for workers in args.workers:
             rate = throughput(ds, workers, batch, args.batches)
