@@ -49,6 +49,7 @@ from data.rundir import (
     StateManager,
     StopRequest,
     atomic_write_json,
+    cpu_threads,
     new_run_dir,
     plot_curves,
     setup_logging,
@@ -199,7 +200,8 @@ class TrainAvsrConfig:
     grad_accum: int = 1
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     sync_batchnorm: bool = True  # batch-norm statistics over all GPU processes (as auto_avsr); not on CPUs
-    cpu_threads: int = 1  # torch threads per process on a CPU (1 beside a data worker on 2 cores); 0: all cores
+    # torch threads per process on a CPU (1 beside a data worker on 2 cores); 0: the cores shared among processes
+    cpu_threads: int = 1
     log_every: int = 10
     save_every: int = 250  # training state; also on SIGTERM / Ctrl-C
     keep_states: int = 2
@@ -444,8 +446,8 @@ def main(argv: list[str] | None = None) -> None:
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, kwargs_handlers=[ddp]
     )
     setup_logging(main_process=accelerator.is_main_process)
-    if cfg.cpu_threads > 0 and accelerator.device.type == "cpu":
-        torch.set_num_threads(cfg.cpu_threads)
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(cpu_threads(cfg.cpu_threads, accelerator.num_processes))
     world = accelerator.num_processes
     run_dir = [new_run_dir(cfg.output_dir, prefix="train_avsr") if accelerator.is_main_process else None]
     run_dir = Path(broadcast_object_list(run_dir)[0])
