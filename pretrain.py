@@ -66,7 +66,7 @@ class DataConfig:
     synth_val: int = 256
     tokenizer: str = ""  # a SentencePiece .model; empty: train one on the training captions
     vocab_size: int = 1000
-    # Loader processes. None by default: the built-in corpus is decoded once into memory (cache_mb), after
+    # Loader processes; none by default: the built-in corpus is decoded once into memory (cache_mb), after
     # which loading is a few cheap transforms, and a worker would only take CPU from the model's threads.
     num_workers: int = 0
     decode_threads: int = 1
