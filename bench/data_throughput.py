@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from data.collate import collate
 from data.manifest import ManifestDataset, caption_texts, read_manifest
+from data.rundir import cpu_threads
 from data.synth import shapes
 from data.synth.mediawriter import write_mp4
 from data.tokenizer import Tokenizer, train_tokenizer
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if cache_mb:
             t0 = time.perf_counter()
-            n = ds.prefill(num_workers=len(os.sched_getaffinity(0)))
+            n = ds.prefill(num_workers=cpu_threads(0, 1))  # one decoding process per core
             print(f"{setting}: prefill decoded {n} clips in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         shape = f"{cfg.num_frames}x{cfg.image_size}x{cfg.image_size} @ {cfg.fps:g} fps, {cfg.sample_rate // 1000} kHz"
         for workers in args.workers:

@@ -227,7 +227,7 @@ class _FixedClips(Dataset):
     def __len__(self) -> int:
         return len(self.dataset.entries)
 
-    def __getitem__(self, index: int) -> tuple[int, float | None, tuple | None]:
+    def __getitem__(self, index: int) -> tuple[int, float, float, tuple | None]:
         return self.dataset._fixed_clip(index)
 
 
@@ -283,10 +283,14 @@ class ManifestDataset(Dataset):
             return index, 0
         return divmod(index, self.clips_per_video)
 
-    def _window(self, entry: ManifestEntry, duration: float, clip_index: int) -> _Window:
+    def _segment(self, entry: ManifestEntry, duration: float) -> tuple[float, float]:
+        """(first clip start, room left for later starts): the entry's span minus one clip, at least 0."""
         seg_start = entry.start if entry.start is not None else 0.0
         seg_end = entry.end if entry.end is not None else duration
-        slack = max(0.0, seg_end - seg_start - self.cfg.clip_seconds)
+        return seg_start, max(0.0, seg_end - seg_start - self.cfg.clip_seconds)
+
+    def _window(self, entry: ManifestEntry, duration: float, clip_index: int) -> _Window:
+        seg_start, slack = self._segment(entry, duration)
         if self.train:
             return _Window(seg_start + slack * torch.rand(()).item(), 0)
         n = self.clips_per_video
@@ -318,7 +322,7 @@ class ManifestDataset(Dataset):
 
     def _decode(self, video_index: int, clip_index: int) -> tuple[_Window, torch.Tensor, torch.Tensor | None]:
         """The clip's window, uint8 frames and audio (``None`` without audio), from the cache if there."""
-        entry, cfg = self.entries[video_index], self.cfg
+        entry = self.entries[video_index]
         duration = self._durations.get(video_index)  # known once the file was opened with the cache on
         window = None if duration is None else self._window(entry, duration, clip_index)
         if window is not None:
@@ -329,16 +333,30 @@ class ManifestDataset(Dataset):
             duration = reader.info.duration
             if window is None:  # one random draw per item, whether or not the cache served it
                 window = self._window(entry, duration, clip_index)
-            # Scaled while decoding, unless a region in source pixels is cut first (VideoTransform).
-            size = None if cfg.region is not None else cfg.resize_size
-            video = reader.read_video(window.start, cfg.num_frames, cfg.fps, size=size)
-            audio = reader.read_audio(window.start, cfg.audio_samples, cfg.sample_rate) if self.with_audio else None
+            clip = self._read(reader, window.start)
         if self.cache_mb > 0:
-            self._durations[video_index] = duration
-            cache = self._cache()
-            if _clip_bytes((video, audio)) <= cache.maxsize:
-                cache[(video_index, window.start)] = (video, audio)
-        return window, video, audio
+            self._remember(video_index, duration, window.start, clip)
+        return window, *clip
+
+    def _read(self, reader: MediaReader, start: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 frames and audio (``None`` without audio) of the clip starting at ``start``."""
+        cfg = self.cfg
+        # Scaled while decoding, unless a region in source pixels is cut first (VideoTransform).
+        size = None if cfg.region is not None else cfg.resize_size
+        video = reader.read_video(start, cfg.num_frames, cfg.fps, size=size)
+        audio = reader.read_audio(start, cfg.audio_samples, cfg.sample_rate) if self.with_audio else None
+        return video, audio
+
+    def _remember(
+        self, video_index: int, duration: float, start: float, clip: tuple[torch.Tensor, torch.Tensor | None]
+    ) -> bool:
+        """Cache a decoded clip (unless it alone exceeds the cache); returns whether it was kept."""
+        self._durations[video_index] = duration
+        cache = self._cache()
+        if _clip_bytes(clip) > cache.maxsize:
+            return False
+        cache[(video_index, start)] = clip
+        return True
 
     def prefill(self, num_workers: int = 0, progress: bool = True) -> int:
         """Decode into the cache, with ``num_workers`` processes, every entry that has only one window.
@@ -365,33 +383,24 @@ class ManifestDataset(Dataset):
         loader = DataLoader(
             _FixedClips(self), batch_size=None, num_workers=num_workers, collate_fn=_as_is, generator=torch.Generator()
         )
-        cache, cached = self._cache(), 0
+        cached = 0
         bar = tqdm(loader, desc="decoding clips", unit="clip", disable=not progress, leave=False)
-        for video_index, duration, clip in bar:
-            if duration is not None:
-                self._durations[video_index] = duration
-            if clip is not None and _clip_bytes(clip[1:]) <= cache.maxsize:
-                cache[(video_index, clip[0])] = clip[1:]
-                cached += 1
-        logger.info("cached %d of %d clips (%.0f MB)", cached, len(self.entries), cache.currsize / 2**20)
+        for video_index, duration, start, clip in bar:
+            if clip is not None:
+                cached += self._remember(video_index, duration, start, clip)
+        logger.info("cached %d of %d clips (%.0f MB)", cached, len(self.entries), self._cache().currsize / 2**20)
         return cached
 
-    def _fixed_clip(self, video_index: int) -> tuple[int, float | None, tuple | None]:
-        """(video index, duration, (start, video, audio) or None when the entry has several windows)."""
-        entry, cfg = self.entries[video_index], self.cfg
+    def _fixed_clip(self, video_index: int) -> tuple[int, float, float, tuple | None]:
+        """(video index, duration, start, (video, audio)), the clip None for several windows or a bad file."""
+        entry = self.entries[video_index]
         try:
             with MediaReader(entry.media, threads=self.decode_threads) as reader:
                 duration = reader.info.duration
-                start = entry.start if entry.start is not None else 0.0
-                end = entry.end if entry.end is not None else duration
-                if end - start > cfg.clip_seconds:
-                    return video_index, duration, None
-                size = None if cfg.region is not None else cfg.resize_size
-                video = reader.read_video(start, cfg.num_frames, cfg.fps, size=size)
-                audio = reader.read_audio(start, cfg.audio_samples, cfg.sample_rate) if self.with_audio else None
+                start, slack = self._segment(entry, duration)
+                return video_index, duration, start, None if slack > 0 else self._read(reader, start)
         except MediaError:
-            return video_index, None, None
-        return video_index, duration, (start, video, audio)
+            return video_index, 0.0, 0.0, None
 
     def _cache(self) -> LRUCache:
         if self._decoded is None:
