@@ -220,6 +220,10 @@ class LRS2Config:
     hflip_prob: float = 0.5  # training only
     decode_threads: int = 1
     length_cache: str | None = None  # JSON file caching frame counts per split (probing is slow on LRS2)
+    # Longest utterance read, in seconds of video the file holds (not what its header declares); a longer
+    # one is skipped and counted like undecodable media rather than cut, since cutting it would leave
+    # words of the transcript without their audio and video.
+    max_seconds: float = 60.0
 
     def preprocess(self) -> dict[str, Any]:
         """The preprocessing an export must carry so inference crops and normalises identically."""
@@ -289,8 +293,10 @@ class LRS2Dataset(Dataset):
 
     ``audio_transform(audio, key)`` (e.g. :class:`data.noise.AddNoise`) runs on the waveform with the
     clip id as key. ``load_video`` / ``load_audio`` = False skip decoding a modality (its tensor is then
-    absent from the item; the lengths are still there). A clip that cannot be decoded comes back as an
-    :class:`~data.collate.ItemFailure`, which :func:`collate_lrs2` drops and lists.
+    absent from the item; the lengths are still there). A clip that cannot be decoded, that has no audio
+    stream while ``load_audio`` is set, or whose video is longer than ``cfg.max_seconds`` comes back as an
+    :class:`~data.collate.ItemFailure`, which :func:`collate_lrs2` drops and lists. T is the number of
+    frames the file holds at ``cfg.fps`` (its declared duration is not trusted).
     """
 
     def __init__(
@@ -338,7 +344,8 @@ class LRS2Dataset(Dataset):
 
     def lengths(self) -> list[int]:
         """Frames per utterance (for batching by a frame budget), probed from the containers once and
-        cached in ``cfg.length_cache`` when set."""
+        cached in ``cfg.length_cache`` when set. These are declared durations (reading every file would be
+        slow), capped at ``cfg.max_seconds``; the items themselves follow the content."""
         if self._lengths is not None:
             return self._lengths
         cache: dict[str, Any] = {}
@@ -356,12 +363,16 @@ class LRS2Dataset(Dataset):
             except MediaError as exc:
                 logger.warning("cannot probe %s: %s", clip_id, exc)
                 known[clip_id] = 1
-        lengths = [known[e.id] for e in self.entries]
+        longest = self._max_frames()
+        lengths = [min(known[e.id], longest) for e in self.entries]
         if cache_path is not None and missing:
             cache[key] = known
             atomic_write_json(cache_path, cache)
         self._lengths = lengths
         return lengths
+
+    def _max_frames(self) -> int:
+        return max(1, round(self.cfg.max_seconds * self.cfg.fps))
 
     def _landmarks(self, clip_id: str) -> np.ndarray | None:
         if not self.cfg.landmarks_dir:
@@ -384,16 +395,25 @@ class LRS2Dataset(Dataset):
         entry = self.entries[index]
         path = self.media_path(index)
         item: dict[str, Any] = {"id": entry.id, "text": self.text(index)}
+        cfg = self.cfg
         try:
-            with MediaReader(path, threads=self.cfg.decode_threads) as reader:
-                num_frames = max(1, round(reader.info.duration * self.cfg.fps))
-                num_samples = round(num_frames * self.cfg.sample_rate / self.cfg.fps)
+            with MediaReader(path, threads=cfg.decode_threads) as reader:
+                if self.load_audio and not reader.info.has_audio:  # never train on made-up silence
+                    raise MediaError(f"no audio stream (audio was requested): {path}")
+                # Sized by the frames the file holds, never by its declared duration (a header can claim
+                # an hour for two seconds of data), and at most max_seconds.
+                seconds = reader.video_seconds(limit=cfg.max_seconds)
+                num_frames = max(1, round(seconds * cfg.fps))
+                if num_frames > self._max_frames():
+                    raise MediaError(
+                        f"utterance longer than max_seconds={cfg.max_seconds:g} (LRS2Config.max_seconds): {path}"
+                    )
+                num_samples = round(num_frames * cfg.sample_rate / cfg.fps)
                 if self.load_video:
-                    frames = reader.read_video(0.0, num_frames, self.cfg.fps)  # (T, 3, H, W) uint8
+                    frames = reader.read_video(0.0, num_frames, cfg.fps)  # (T, 3, H, W) uint8
                     item["video"] = self.video_transform(self.mouth_rois(frames, entry.id))  # (T, 1, 88, 88)
                 if self.load_audio:
-                    audio = reader.read_audio(0.0, num_samples, self.cfg.sample_rate)
-                    item["audio"] = torch.zeros(num_samples) if audio is None else audio
+                    item["audio"] = reader.read_audio(0.0, num_samples, cfg.sample_rate)  # (S,)
         except MediaError as exc:
             logger.warning("skipping %s: %s", entry.id, exc)
             return ItemFailure(str(path), str(exc), index)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from cachetools import LRUCache
 from torch.utils.data import DataLoader, Dataset
@@ -83,9 +84,24 @@ class ManifestEntry:
 
 
 def _number(value: Any, what: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ManifestError(f"{where}: {what} must be a number of seconds, got {value!r}")
-    return float(value)
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        try:
+            seconds = float(value)  # a huge JSON integer overflows here
+        except OverflowError:
+            seconds = math.inf
+        if math.isfinite(seconds):
+            return seconds
+    raise ManifestError(f"{where}: {what} must be a finite number of seconds, got {str(value)[:40]!r}")
+
+
+def _check_text(raw: Any, where: str) -> None:
+    """Reject strings that are not text: JSON can escape a lone UTF-16 surrogate, which no file path,
+    tokenizer or UTF-8 output accepts."""
+    try:
+        json.dumps(raw, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start]
+        raise ManifestError(f"{where}: a string holds an unpaired surrogate escape ({bad!r}), expected text") from None
 
 
 def _parse_caption(raw: Any, where: str) -> Caption:
@@ -114,9 +130,12 @@ def parse_entry(raw: Any, base: Path, where: str, line: int = 0) -> ManifestEntr
     unknown = set(raw) - _KEYS
     if unknown:
         raise ManifestError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(_KEYS)}")
+    _check_text(raw, where)
     media = raw.get("media")
     if not isinstance(media, str) or not media:
         raise ManifestError(f"{where}: 'media' (a path relative to the manifest) is required")
+    if "\0" in media:
+        raise ManifestError(f"{where}: 'media' holds a NUL character, not a file path")
     start = _number(raw["start"], "start", where) if raw.get("start") is not None else None
     end = _number(raw["end"], "end", where) if raw.get("end") is not None else None
     if start is not None and end is not None and end <= start:
@@ -125,7 +144,7 @@ def parse_entry(raw: Any, base: Path, where: str, line: int = 0) -> ManifestEntr
     if not isinstance(captions, list):
         raise ManifestError(f"{where}: 'captions' must be a list")
     labels = raw.get("labels", [])
-    if not isinstance(labels, list) or not all(isinstance(x, (str, int)) for x in labels):
+    if not isinstance(labels, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in labels):
         raise ManifestError(f"{where}: 'labels' must be a list of strings or integers")
     entry_id = raw.get("id", media if start is None else f"{media}@{start:g}")
     if not isinstance(entry_id, str):
@@ -141,23 +160,44 @@ def parse_entry(raw: Any, base: Path, where: str, line: int = 0) -> ManifestEntr
     )
 
 
+def _decode_line(data: bytes, where: str, first: bool) -> str:
+    """A manifest line as text: UTF-8 (a byte-order mark before the first line is allowed)."""
+    try:
+        return data.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"{where}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte column {exc.start + 1}); "
+            "expected a UTF-8 JSONL file"
+        ) from None
+
+
 def read_manifest(path: str | Path) -> list[ManifestEntry]:
-    """Parse a JSONL manifest; any bad line raises :class:`ManifestError` naming ``file:line``."""
+    """Parse a JSONL manifest; any bad line raises :class:`ManifestError` naming ``file:line``, and an
+    unreadable file (missing, a directory, not UTF-8) one naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a directory, expected a JSONL manifest file")
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     base = path.parent.resolve()
     entries: list[ManifestEntry] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
+    try:
+        f = open(path, "rb")  # bytes: a line that is not UTF-8 is reported with its number
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read manifest ({type(exc).__name__}: {exc.strerror or exc})") from None
+    with f:
+        for n, data in enumerate(f, start=1):
+            where = f"{path}:{n}"
+            text = _decode_line(data, where, n == 1)
             if not text.strip():
                 continue
-            where = f"{path}:{n}"
             try:
                 raw = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise ManifestError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            except RecursionError:
+                raise ManifestError(f"{where}: invalid JSON (nested too deeply)") from None
             entry = parse_entry(raw, base, where, n)
             if entry.id in seen:
                 raise ManifestError(f"{where}: id {entry.id!r} already used on line {seen[entry.id]}")
@@ -219,7 +259,15 @@ def _as_is(item: Any) -> Any:
 
 
 class _FixedClips(Dataset):
-    """Item ``i``: :meth:`ManifestDataset._fixed_clip` of video ``i`` (what :meth:`~ManifestDataset.prefill` loads)."""
+    """Item ``i``: :meth:`ManifestDataset._fixed_clip` of video ``i`` (what :meth:`~ManifestDataset.prefill` loads),
+    its frames and audio as numpy arrays.
+
+    Numpy, not torch: a tensor returned by a DataLoader worker crosses to the main process in shared
+    memory passed as a file descriptor (torch's default sharing strategy), and the cache keeps every
+    clip, so the main process would hold about two descriptors per clip and hit ``ulimit -n`` (1024 on
+    Linux desktops, 256 on macOS) within a few hundred clips. Arrays are pickled through the pipe by
+    value; :meth:`~ManifestDataset.prefill` wraps them again with ``torch.from_numpy``.
+    """
 
     def __init__(self, dataset: ManifestDataset) -> None:
         self.dataset = dataset
@@ -227,8 +275,12 @@ class _FixedClips(Dataset):
     def __len__(self) -> int:
         return len(self.dataset.entries)
 
-    def __getitem__(self, index: int) -> tuple[int, float, float, tuple | None]:
-        return self.dataset._fixed_clip(index)
+    def __getitem__(self, index: int) -> tuple[int, float, float, tuple[np.ndarray, np.ndarray | None] | None]:
+        video_index, duration, start, clip = self.dataset._fixed_clip(index)
+        if clip is None:
+            return video_index, duration, start, None
+        video, audio = clip
+        return video_index, duration, start, (video.numpy(), None if audio is None else audio.numpy())
 
 
 class ManifestDataset(Dataset):
@@ -385,8 +437,10 @@ class ManifestDataset(Dataset):
         )
         cached = 0
         bar = tqdm(loader, desc="decoding clips", unit="clip", disable=not progress, leave=False)
-        for video_index, duration, start, clip in bar:
-            if clip is not None:
+        for video_index, duration, start, arrays in bar:
+            if arrays is not None:
+                video, audio = arrays
+                clip = (torch.from_numpy(video), None if audio is None else torch.from_numpy(audio))
                 cached += self._remember(video_index, duration, start, clip)
         logger.info("cached %d of %d clips (%.0f MB)", cached, len(self.entries), self._cache().currsize / 2**20)
         return cached

@@ -14,6 +14,10 @@ The reader seeks to the keyframe before ``start`` instead of decoding from the b
 container is closed on exit (open containers leak memory over thousands of clips). Anything that
 makes a file unusable (missing, empty, not media, no video stream, truncated) raises
 :class:`MediaError` with a one-line reason; the dataset turns it into a skipped, counted item.
+
+Durations a container declares are not trusted for sizing anything: a header can claim an hour for
+two seconds of data. Outputs are sized by the request (a clip) or by what the streams hold
+(:meth:`MediaReader.video_seconds`; :func:`load_audio`, which also takes a cap).
 """
 
 from __future__ import annotations
@@ -229,6 +233,39 @@ class MediaReader:
                 f"{declared:.2f}s: {self.path}"
             )
 
+    def video_seconds(self, limit: float | None = None) -> float:
+        """Seconds of video the file holds, from the timestamps of its packets (demuxed, not decoded),
+        not from the declared duration: the last frame's time plus the mean frame spacing.
+
+        Reading stops at the first frame after ``limit`` (the result is then above ``limit``). A file
+        whose index lists more frames than its data holds (a cut download) raises :class:`MediaError`.
+        """
+        vs = self._container.streams.video[0]
+        origin = self._origin
+        first = last = None
+        count = 0
+        try:
+            self._container.seek(0)
+            for packet in self._container.demux(vs):
+                if packet.pts is None or packet.time_base is None:  # the flush packet, or no timestamp
+                    continue
+                t = float(packet.pts * packet.time_base) - origin
+                first = t if first is None else min(first, t)
+                last = t if last is None else max(last, t)
+                count += 1
+                if limit is not None and last > limit:
+                    return last + (last - first) / max(1, count - 1)
+        except Exception as exc:
+            raise MediaError(f"video demux failed: {self.path} ({_one_line(exc)})") from None
+        if first is None or last is None:
+            raise MediaError(f"no video packets: {self.path}")
+        fps = self.info.fps
+        listed = vs.frames  # frames in the container's index (0 when it has none, e.g. Matroska)
+        if listed and count + _TRUNCATION_SLACK * fps < listed:
+            raise MediaError(f"truncated video: the index lists {listed} frames, the data holds {count}: {self.path}")
+        step = (last - first) / (count - 1) if count > 1 else (1.0 / fps if fps > 0 else 0.0)
+        return last + step
+
     def read_audio(self, start: float, num_samples: int, sample_rate: int) -> torch.Tensor | None:
         """Mono float32 (num_samples,) at ``sample_rate`` from ``start``; ``None`` without an audio stream."""
         if not self.info.has_audio:
@@ -272,6 +309,51 @@ class MediaReader:
         if wave.shape[0] < num_samples:
             wave = torch.nn.functional.pad(wave, (0, num_samples - wave.shape[0]))
         return wave.clamp_(-1.0, 1.0).contiguous()
+
+
+def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = 60.0) -> torch.Tensor:
+    """The first audio stream of any media file (audio-only too) from its start, as mono float32 (S,) at
+    ``sample_rate``: at most ``max_seconds`` (None: the whole stream) are decoded and kept.
+
+    S follows the decoded samples (frames concatenated, as the codec delivers them), never the declared
+    duration; values are not clipped. Decoded with PyAV at the file's own rate and resampled with
+    torchaudio, as :meth:`MediaReader.read_audio` does.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"file not found: {path}")
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
+    chunks: list[np.ndarray] = []
+    native = 0
+    have = 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise MediaError(f"no audio stream: {path}")
+            stream = container.streams.audio[0]
+            converter = av.AudioResampler(format="fltp")  # format only: keeps rate and channels
+            for frame in container.decode(stream):
+                native = native or int(frame.sample_rate or stream.codec_context.sample_rate or 0)
+                for f in converter.resample(frame):
+                    chunks.append(f.to_ndarray().mean(axis=0))  # (C, n) -> (n,) mono
+                    have += chunks[-1].shape[0]
+                # Samples beyond the cap give the resampling filter its right-hand context (as read_audio).
+                context = math.ceil(64 * native / min(native, sample_rate)) if native else 0
+                if max_seconds is not None and native and have >= math.ceil(max_seconds * native) + context:
+                    break
+    except MediaError:
+        raise
+    except Exception as exc:  # PyAV raises several FFmpeg error types; all mean "not readable audio"
+        raise MediaError(f"cannot decode audio: {path} ({_one_line(exc)})") from None
+    if not chunks or native <= 0:
+        raise MediaError(f"no decodable audio: {path}")
+    wave = torch.from_numpy(np.concatenate(chunks).astype(np.float32, copy=False))
+    if native != sample_rate:
+        wave = AF.resample(wave, native, sample_rate)
+    if max_seconds is not None:
+        wave = wave[: round(max_seconds * sample_rate)]
+    return wave.contiguous()
 
 
 def probe(path: str | Path) -> MediaInfo:

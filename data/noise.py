@@ -17,10 +17,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
-import av
 import numpy as np
 import torch
-import torchaudio.functional as AF
+
+from data.media import MediaError, load_audio
 
 logger = logging.getLogger(__name__)
 
@@ -57,28 +57,10 @@ def white_noise(num_samples: int, generator: torch.Generator | None = None) -> t
     return torch.randn(num_samples, generator=generator)
 
 
-def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
-    """A whole file's first audio stream as mono float32 at ``sample_rate`` (PyAV; audio-only files too)."""
-    chunks = []
-    native = None
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            raise ValueError(f"no audio stream in {path}")
-        stream = container.streams.audio[0]
-        converter = av.AudioResampler(format="fltp")
-        for frame in container.decode(stream):
-            native = frame.sample_rate
-            for f in converter.resample(frame):
-                chunks.append(f.to_ndarray().mean(axis=0))
-    if not chunks or native is None:
-        raise ValueError(f"no audio samples in {path}")
-    wave = torch.from_numpy(np.concatenate(chunks).astype(np.float32))
-    return AF.resample(wave, native, sample_rate) if native != sample_rate else wave
-
-
 class BabbleNoise:
     """Babble: ``talkers`` utterances from a pool of speech files, each at unit power and a random
-    circular offset, summed. The pool is decoded once (up to ``max_files`` files, chosen by ``seed``).
+    circular offset, summed. The pool is decoded once (up to ``max_files`` files, chosen by ``seed``;
+    at most the first ``max_seconds`` of each, so a folder of long recordings cannot fill the memory).
 
     ``exclude`` lists clip ids (``<programme>/<clip>``) or file stems whose files must not be used,
     e.g. the ids of the evaluation split when the folder is a whole corpus."""
@@ -91,6 +73,7 @@ class BabbleNoise:
         max_files: int = 200,
         exclude: Iterable[str] = (),
         seed: int = 0,
+        max_seconds: float | None = 60.0,
     ) -> None:
         if talkers < 1:
             raise ValueError(f"babble needs at least one talker, got {talkers}")
@@ -112,8 +95,8 @@ class BabbleNoise:
         self.pool: list[torch.Tensor] = []
         for p in paths:
             try:
-                wave = load_audio(p, sample_rate)
-            except (ValueError, av.error.FFmpegError) as exc:
+                wave = load_audio(p, sample_rate, max_seconds)
+            except MediaError as exc:
                 logger.warning("babble: skipping %s (%s)", p, exc)
                 continue
             p_wave = float(power(wave))

@@ -15,18 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
-import numpy as np
 import torch
 import torch.nn.functional as F
-import torchaudio.functional as AF
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from data.collate import FailureTracker, collate
 from data.collate import batch_size as num_good
 from data.manifest import ManifestDataset, ManifestEntry, parse_entry, read_manifest
-from data.media import MediaError
+from data.media import MediaError, load_audio
 from data.tokenizer import Tokenizer
 from data.transforms import PreprocessConfig, standardize_audio
 
@@ -215,38 +212,6 @@ def embed_video_file(
     )
 
 
-def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
-    """Whole audio track of any media file (audio-only too) as mono float32 (S,) at ``sample_rate``.
-
-    Decoded with PyAV at the file's own rate and resampled with torchaudio, as :mod:`data.media` does.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"file not found: {path}")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise MediaError(f"no audio stream: {path}")
-            stream = container.streams.audio[0]
-            native = int(stream.codec_context.sample_rate)
-            converter = av.AudioResampler(format="fltp")  # format only: keeps rate and channels
-            chunks = [
-                f.to_ndarray().mean(axis=0)  # (C, n) -> (n,)
-                for frame in container.decode(stream)
-                for f in converter.resample(frame)
-            ]
-    except MediaError:
-        raise
-    except Exception as exc:  # PyAV raises several FFmpeg error types; all mean "not readable audio"
-        raise MediaError(f"cannot decode audio: {path} ({type(exc).__name__}: {exc})") from None
-    if not chunks:
-        raise MediaError(f"no decodable audio: {path}")
-    wave = torch.from_numpy(np.concatenate(chunks).astype(np.float32))
-    if native != sample_rate:
-        wave = AF.resample(wave, native, sample_rate)
-    return wave.clamp_(-1.0, 1.0)
-
-
 @torch.inference_mode()
 def embed_audio_file(
     model: torch.nn.Module,
@@ -255,9 +220,14 @@ def embed_audio_file(
     *,
     clips_per_video: int = 4,
     device: str | torch.device = "cpu",
+    max_seconds: float | None = 60.0,
 ) -> torch.Tensor:
-    """``audio_va`` (1, D_va) of an audio or video file: the mean of uniformly spaced clips, L2-normalised."""
-    wave = load_audio(path, preprocess.sample_rate)
+    """``audio_va`` (1, D_va) of an audio or video file: the mean of uniformly spaced clips, L2-normalised.
+
+    Only the first ``max_seconds`` of the file are decoded and the clips spread over them (None: the
+    whole file, however long), so a query cannot exhaust the memory.
+    """
+    wave = load_audio(path, preprocess.sample_rate, max_seconds).clamp_(-1.0, 1.0)  # (S,), as clips are
     length = preprocess.audio_samples
     if wave.shape[0] < length:
         wave = F.pad(wave, (0, length - wave.shape[0]))

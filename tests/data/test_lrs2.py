@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.batching import FrameBudgetBatchSampler
-from data.collate import ItemFailure
+from data.collate import FailureTracker, ItemFailure
 from data.lrs2 import (
     LRS2Config,
     LRS2Dataset,
@@ -353,3 +354,71 @@ def test_manifest_clips_read_as_pretraining_samples(lrs2_root, tmp_path):
         "IS",
         "2",
     }  # 0.02 s and 0.14 s away; DANGEROUS is 0.27 s away
+
+
+# --------------------------------------------------------------------------- untrusted media
+
+
+def val_layout(root: Path, clip_ids: list[str]) -> Path:
+    """An LRS2 layout whose val split lists ``clip_ids``, with transcripts; the media is written later."""
+    for clip_id in clip_ids:
+        (root / "mvlrs_v1" / "main" / clip_id).parent.mkdir(parents=True, exist_ok=True)
+        (root / "mvlrs_v1" / "main" / f"{clip_id}.txt").write_text("Text:  HELLO\nConf:  1\n")
+    (root / "val.txt").write_text("".join(f"{c}\n" for c in clip_ids))
+    return root
+
+
+def test_utterance_size_follows_the_content_not_the_declared_duration(tmp_path):
+    """A 2 s clip whose container declares an hour reads as 2 s, with no buffer for the hour."""
+    from tests.data.test_media import write_mkv_declaring
+
+    root = val_layout(tmp_path, ["900/00001"])
+    media = clip_path(root, "val", "900/00001")
+    write_mkv_declaring(media, pattern(50, 3), 25, sine(50 * 640, 400), SR, declared=3600.0)
+    assert LRS2Dataset(LRS2Config(root=str(root)), "val").lengths() == [60 * 25]  # declared, capped
+    item = LRS2Dataset(LRS2Config(root=str(root)), "val")[0]
+    assert not isinstance(item, ItemFailure), item
+    assert item["video_length"] == 50 and item["video"].shape == (50, 1, 88, 88)
+    assert item["audio_length"] == 50 * 640 == item["audio"].shape[0]
+    expected = reference_roi(pattern(50, 3).astype(np.float64), BOX)
+    assert np.abs(item["video"][:, 0].double().numpy() - expected).mean() < 0.05
+    ref = sine(50 * 640, 400).astype(np.float64)
+    audio = item["audio"].double().numpy()
+    assert np.dot(audio, ref) / np.sqrt(np.dot(audio, audio) * np.dot(ref, ref)) > 0.99
+    # Audio only (the video is not decoded): still 2 s, and no buffer sized by the declared hour (numpy
+    # buffers are traced; one for 3600 s at 16 kHz would take 230 MB).
+    audio_only = LRS2Dataset(LRS2Config(root=str(root)), "val", load_video=False)
+    tracemalloc.start()
+    try:
+        item = audio_only[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not isinstance(item, ItemFailure), item
+    assert item["video_length"] == 50 and item["audio"].shape == (50 * 640,)
+    assert np.allclose(item["audio"].double().numpy(), audio, atol=1e-6)
+    assert peak < 16 * 2**20
+    # Longer than the configured cap: skipped and counted, never cut (its transcript covers all of it).
+    capped = LRS2Dataset(LRS2Config(root=str(root), max_seconds=1.5), "val")
+    failure = capped[0]
+    assert isinstance(failure, ItemFailure) and failure.path == str(media)
+    assert failure.reason == f"utterance longer than max_seconds=1.5 (LRS2Config.max_seconds): {media}"
+    assert capped.lengths() == [round(1.5 * FPS)]
+
+
+def test_clip_without_audio_is_a_counted_failure_when_audio_is_needed(tmp_path):
+    root = val_layout(tmp_path, ["901/00001", "901/00002"])
+    silent = clip_path(root, "val", "901/00001")
+    write_mp4(silent, pattern(20, 1), FPS, None, SR)  # no audio stream at all
+    write_mp4(clip_path(root, "val", "901/00002"), pattern(20, 2), FPS, sine(20 * 640, 300), SR)
+    tracker = FailureTracker(max_fail_fraction=1.0, min_attempts=1)
+    batch = collate_lrs2([LRS2Dataset(LRS2Config(root=str(root)), "val")[i] for i in range(2)])
+    tracker.update(batch)
+    assert batch["ids"] == ["901/00002"] and batch["audio"].shape == (1, 20 * 640)
+    assert batch["failures"] == [(str(silent), f"no audio stream (audio was requested): {silent}")]
+    assert (tracker.attempts, tracker.failed) == (2, 1)
+    # A video-only model does not need the audio: the clip is read as usual.
+    lips = LRS2Dataset(LRS2Config(root=str(root)), "val", load_audio=False)[0]
+    assert lips["id"] == "901/00001" and lips["video"].shape == (20, 1, 88, 88) and "audio" not in lips
+    expected = reference_roi(pattern(20, 1).astype(np.float64), BOX)
+    assert np.abs(lips["video"][:, 0].double().numpy() - expected).mean() < 0.05

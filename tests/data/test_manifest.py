@@ -6,6 +6,8 @@ import dataclasses
 import json
 import logging
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,16 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
         ('{"media": "a.mp4", "start": "soon"}', "number of seconds"),
         ('["a.mp4"]', "JSON object"),
         ('{"media": "b.mp4", "id": "first"}', "already used on line 1"),
+        # JSON, but the wrong types or values.
+        ('{"media": 7}', "'media'"),
+        ('{"media": "a.mp4", "id": 12}', "'id' must be a string"),
+        ('{"media": "a.mp4", "labels": [true]}', "'labels' must be a list of strings or integers"),
+        ('{"media": "a.mp4", "captions": "x"}', "'captions' must be a list"),
+        ('{"media": "a.mp4", "captions": [{"text": 3}]}', "'text' must be a string"),
+        ('{"media": "a.mp4", "end": 1' + "0" * 400 + "}", "finite number of seconds"),
+        ('{"media": "a\\u0000.mp4"}', "NUL character"),
+        ('{"media": "a.mp4", "captions": ["caf\\udc81"]}', "unpaired surrogate"),
+        ("[" * 100_000, "nested too deeply"),
     ],
 )
 def test_bad_lines_give_one_line_errors_with_line_numbers(tmp_path, line, message):
@@ -66,6 +78,27 @@ def test_bad_lines_give_one_line_errors_with_line_numbers(tmp_path, line, messag
         read_manifest(path)
     text = str(info.value)
     assert text.startswith(f"{path}:3") and message in text and "\n" not in text
+
+
+def test_unreadable_manifests_give_one_line_errors(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"media": "a.mp4"}\n\n{"media": "caf\xe9.mp4"}\n')  # line 3 is Latin-1
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path)
+    assert str(info.value) == f"{path}:3: not UTF-8 text (byte 0xe9 at byte column 15); expected a UTF-8 JSONL file"
+    folder = tmp_path / "corpus.jsonl"
+    folder.mkdir()
+    with pytest.raises(ManifestError) as info:
+        read_manifest(folder)
+    assert str(info.value) == f"{folder}: is a directory, expected a JSONL manifest file"
+    with pytest.raises(ManifestError) as info:
+        read_manifest(tmp_path / "absent.jsonl")
+    assert str(info.value) == f"manifest not found: {tmp_path / 'absent.jsonl'}"
+    # A byte-order mark (as some editors write) is not an error; UTF-8 text after it is kept.
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"media": "a.mp4", "captions": ["caf\xc3\xa9"]}\n')
+    (entry,) = read_manifest(bom)
+    assert entry.media == (tmp_path / "a.mp4").resolve() and entry.captions[0].text == "caf\u00e9"
 
 
 def test_parse_resolves_paths_and_keeps_everything(tmp_path):
@@ -425,3 +458,55 @@ def test_prefill_skips_a_corpus_bigger_than_the_cache(tmp_path, one_clip_rows, c
     assert "not prefilling" in caplog.text and len(ds._cache()) == 0
     with pytest.raises(ValueError, match="cache_mb"):
         ManifestDataset(entries, SMALL, corpus["tok"], train=True).prefill(progress=False)
+
+
+_PREFILL_UNDER_A_LOW_FD_LIMIT = """
+import json, resource, sys
+from pathlib import Path
+import numpy as np
+import torch
+from data.manifest import ManifestDataset
+from data.media import MediaReader
+from data.synth.mediawriter import write_mp4
+from data.transforms import PreprocessConfig
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+limit = 256 if hard == resource.RLIM_INFINITY else min(256, hard)
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))  # macOS's default; Linux desktops have 1024
+out, clips = Path(sys.argv[1]), int(sys.argv[2])
+files = []
+for k in range(3):  # three files with different frames and tones
+    frames = np.full((4, 16, 16, 3), 40 + 60 * k, np.uint8)
+    tone = (0.3 * np.sin(np.arange(3200) * 0.05 * (k + 1))).astype(np.float32)
+    files.append(write_mp4(out / f"c{k}.mp4", frames, 10.0, tone, 8000))
+manifest = out / "m.jsonl"
+manifest.write_text("".join(json.dumps({"media": f"c{i % 3}.mp4", "id": f"clip{i}"}) + "\\n" for i in range(clips)))
+cfg = PreprocessConfig(num_frames=4, fps=10.0, image_size=16, resize_size=16, sample_rate=8000)
+ds = ManifestDataset(manifest, cfg, train=False, clips_per_video=1, cache_mb=64)
+cached = ds.prefill(num_workers=2, progress=False)
+reference = []  # decoded in this process, without the cache
+for path in files:
+    with MediaReader(path) as reader:
+        reference.append((reader.read_video(0.0, 4, 10.0, size=16), reader.read_audio(0.0, 3200, 8000)))
+same = all(
+    all(torch.equal(got, want) for got, want in zip(ds._decoded[(i, 0.0)], reference[i % 3], strict=True))
+    for i in range(clips)
+)
+limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+print(json.dumps({"limit": limit, "cached": cached, "keys": len(ds._decoded), "same": same}))
+"""
+
+
+def test_prefill_with_workers_under_a_low_open_file_limit(tmp_path):
+    """More clips than the process may open files: worker results must not hold a descriptor per clip."""
+    clips = 300
+    done = subprocess.run(
+        [sys.executable, "-c", _PREFILL_UNDER_A_LOW_FD_LIMIT, str(tmp_path), str(clips)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"limit": 256, "cached": clips, "keys": clips, "same": True}

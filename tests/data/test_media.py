@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import math
 import os
+import struct
+import tracemalloc
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
 
-from data.media import MediaError, MediaReader, decode_clip, probe
+from data.media import MediaError, MediaReader, decode_clip, load_audio, probe
 from data.synth.mediawriter import write_mp4
-from tests.data.conftest import GREY_FPS, GREY_FRAMES, SR, fast_level, grey_level
+from tests.data.conftest import GREY_FPS, GREY_FRAMES, SR, fast_level, grey_level, sine
 
 TOL = 1.0  # H.264 at crf 18 on flat grey frames plus the limited-range YUV round trip
 
@@ -157,3 +161,105 @@ def test_decoder_threads_give_same_frames(grey_ramp):
     one = decode_clip(grey_ramp, 1.1, 12, 10.0, SR, threads=1)
     auto = decode_clip(grey_ramp, 1.1, 12, 10.0, SR, threads=0)
     assert torch.equal(one.video, auto.video) and torch.equal(one.audio, auto.audio)
+
+
+# --------------------------------------------------------------------------- declared sizes are not trusted
+
+
+def write_mkv_declaring(
+    path: Path,
+    frames: np.ndarray | None,
+    fps: int,
+    audio: np.ndarray | None,
+    sample_rate: int,
+    declared: float,
+) -> Path:
+    """Matroska holding ``frames`` (T, H, W, 3) uint8 and mono ``audio`` (float32 as AAC, int16 as PCM)
+    whose header declares ``declared`` seconds. FFmpeg probes a container from its content, so the file
+    may carry an .mp4 name, as LRS2 clips do. (MP4 and WAV headers cannot lie this way: FFmpeg bounds
+    their durations by the sample tables and the file size.)"""
+    with av.open(str(path), "w", format="matroska") as c:
+        vs = c.add_stream("h264", rate=Fraction(fps)) if frames is not None else None
+        if vs is not None:
+            vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        pcm = audio is not None and audio.dtype == np.int16
+        aus = None
+        if audio is not None:
+            aus = c.add_stream("pcm_s16le" if pcm else "aac", rate=sample_rate, layout="mono")
+        for i, image in enumerate(frames if frames is not None else []):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            f.pts = i
+            c.mux(vs.encode(f))
+        if vs is not None:
+            c.mux(vs.encode(None))
+        if aus is not None:
+            af = av.AudioFrame.from_ndarray(audio[None], format="s16" if pcm else "fltp", layout="mono")
+            af.sample_rate, af.pts = sample_rate, 0
+            c.mux(aus.encode(af))
+            c.mux(aus.encode(None))
+    data = bytearray(path.read_bytes())
+    # Segment Info: TimestampScale (0x2AD7B1) of 1 ms, then Duration (0x4489) as an 8-byte float in ms.
+    assert data.count(b"\x2a\xd7\xb1\x83\x0f\x42\x40") == 1 and data.count(b"\x44\x89\x88") == 1
+    at = data.index(b"\x44\x89\x88") + 3
+    struct.pack_into(">d", data, at, declared * 1000.0)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def liar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """50 frames at 25 fps (2 s) and 2 s of a 440 Hz sine, in a container that declares one hour."""
+    frames = np.zeros((50, 32, 32, 3), np.uint8)
+    for i in range(50):
+        frames[i] = fast_level(i)
+    path = tmp_path_factory.mktemp("liar") / "liar.mp4"
+    return write_mkv_declaring(path, frames, 25, sine(440.0, 2.0), SR, declared=3600.0)
+
+
+def test_video_seconds_follow_the_frames_not_the_header(liar, grey_ramp, fast_ramp):
+    assert probe(liar).duration == pytest.approx(3600.0)  # what the header claims
+    with MediaReader(liar) as reader:
+        assert reader.video_seconds() == pytest.approx(50 / 25.0, abs=1e-6)
+        assert reader.video_seconds(limit=1.0) > 1.0  # stops reading once past the limit
+        # Reading frames afterwards still starts from the beginning.
+        assert decoded_indices(reader.read_video(0.0, 50, 25.0), fast_level) == list(range(50))
+    with MediaReader(grey_ramp) as reader:
+        assert reader.video_seconds() == pytest.approx(GREY_FRAMES / GREY_FPS, abs=1e-6)
+    with MediaReader(fast_ramp) as reader:
+        assert reader.video_seconds() == pytest.approx(60 / 25.0, abs=1e-6)
+
+
+def test_video_seconds_detects_a_cut_download(tmp_path):
+    """Index first, data cut: the index lists every frame, the data holds fewer."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(50, 64, 64, 3), dtype=np.uint8)  # noise: the data dominates
+    full = write_mp4(tmp_path / "full.mp4", frames, 25.0, None, SR, faststart=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with MediaReader(cut) as reader, pytest.raises(MediaError, match=r"^truncated video: .*cut\.mp4$"):
+        reader.video_seconds()
+
+
+def test_load_audio_reads_the_content_up_to_a_cap(tmp_path, fast_ramp):
+    rng = np.random.default_rng(1)
+    samples = (rng.uniform(-0.5, 0.5, 3 * SR) * 32767).astype(np.int16)  # 3 s
+    path = write_mkv_declaring(tmp_path / "liar.mka", None, 25, samples, SR, declared=3600.0)
+    with av.open(str(path)) as c:
+        assert c.duration / av.time_base == pytest.approx(3600.0)  # what the header claims
+    want = samples.astype(np.float64) / 32768.0  # s16 -> float, as FFmpeg converts it
+    tracemalloc.start()
+    try:
+        whole = load_audio(path, SR, max_seconds=None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert whole.shape == (3 * SR,) and np.allclose(whole.double().numpy(), want, atol=1e-7)
+    assert peak < 8 * 2**20  # the 3 s take 0.2 MB as float32; a buffer for the declared hour 230 MB
+    capped = load_audio(path, SR, max_seconds=1.25)
+    assert torch.equal(capped, whole[: round(1.25 * SR)])
+    # Resampled: the cap keeps the filter's context, so the prefix matches the whole file's.
+    at_8k = load_audio(path, 8000, max_seconds=None)
+    assert abs(at_8k.shape[0] - 3 * 8000) <= 1
+    assert torch.allclose(load_audio(path, 8000, max_seconds=1.25), at_8k[:10000], atol=1e-6)
+    with pytest.raises(MediaError, match=r"^no audio stream: .*fast\.mp4$"):
+        load_audio(fast_ramp, SR)
