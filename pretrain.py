@@ -21,22 +21,26 @@ from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
 import vatt
-from data.collate import FailureTracker, batch_size, collate
-from data.config import ConfigError, parse_config, save_config
+from data.collate import DataFailureError, FailureTracker, batch_size, collate
+from data.config import ConfigError, check_paths, check_ranges, parse_config, save_config, to_dict
 from data.export import save_export
-from data.manifest import ManifestDataset, ManifestEntry, read_manifest
+from data.manifest import ManifestDataset, ManifestEntry, ManifestError, read_manifest
 from data.rundir import (
     MetricsLog,
+    RunDirError,
+    StateError,
     StateManager,
     StopRequest,
+    agree,
     atomic_write_json,
     cpu_threads,
-    new_run_dir,
+    failure_totals,
+    open_shared_run_dir,
     plot_curves,
     setup_logging,
 )
@@ -101,7 +105,8 @@ class PretrainConfig:
     output_dir: str = ""  # empty: a fresh timestamped directory under runs/
     max_steps: int = 1000
     seed: int = 0
-    resume: Literal["auto", "never"] = "auto"
+    resume: Literal["auto", "never"] = "auto"  # auto: continue the run in output_dir (same config)
+    overwrite: bool = False  # replace the run already in output_dir
     batch_size: int = 64  # clips per optimizer step, over all processes and accumulation steps
     grad_accum: int = 1
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -121,8 +126,52 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
-def prepare_data(cfg: PretrainConfig, run_dir: Path) -> tuple[list[list[ManifestEntry]], str, Path]:
-    """Training manifests (read), the val manifest path and the tokenizer file, creating what is missing."""
+# Every count and fraction of the config, checked before any work.
+RANGES = {
+    "max_steps": (">=", 1),
+    "batch_size": (">=", 1),
+    "grad_accum": (">=", 1),
+    "cpu_threads": (">=", 0),
+    "temperature": (">", 0),
+    "nce_weight": (">=", 0),
+    "milnce_weight": (">=", 0),
+    "log_every": (">=", 1),
+    "eval_every": (">=", 0),
+    "save_every": (">=", 0),
+    "keep_states": (">=", 1),
+    "eval_clips_per_video": (">=", 1),
+    "eval_batch_size": (">=", 1),
+    "data.synth_train": (">=", 1),
+    "data.synth_val": (">=", 1),
+    "data.vocab_size": (">=", 8),
+    "data.num_workers": (">=", 0),
+    "data.decode_threads": (">=", 0),
+    "data.cache_mb": (">=", 0),
+    "data.max_fail_fraction": ("in", 0, 1),
+    "model.drop_token": ("in", 0.01, 1),
+    "optim.lr": (">", 0),
+    "optim.end_lr": (">=", 0),
+    "optim.warmup_steps": (">=", 0),
+    "optim.betas": ("in", 0, 0.999999),
+    "optim.weight_decay": (">=", 0),
+    "optim.grad_clip": (">=", 0),
+}
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    """What the dataclass types cannot say, before any work; raises :class:`ConfigError` naming the key."""
+    check_ranges(cfg, RANGES)
+    if cfg.batch_size % cfg.grad_accum:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}")
+    if cfg.nce_weight + cfg.milnce_weight <= 0:
+        raise ConfigError("config keys 'nce_weight' and 'milnce_weight' are both 0; expected a positive sum")
+
+
+def read_manifests(cfg: PretrainConfig) -> tuple[list[list[ManifestEntry]], str]:
+    """Training manifests (read, so a bad line stops the run before any work) and the val manifest path.
+
+    With no manifests configured, the built-in corpus (generated on first use).
+    """
     d = cfg.data
     train_paths, val = list(d.train_manifests), d.val_manifest
     if not train_paths:
@@ -131,12 +180,18 @@ def prepare_data(cfg: PretrainConfig, run_dir: Path) -> tuple[list[list[Manifest
         )
         train_paths, val = [str(corpus / "train.jsonl")], val or str(corpus / "val.jsonl")
     manifests = [read_manifest(p) for p in train_paths]
+    read_manifest(val)
     if d.shuffle_captions:
         manifests = [_shuffle_captions(m, cfg.seed) for m in manifests]
-    tok = Path(d.tokenizer) if d.tokenizer else run_dir / "tokenizer.model"
-    if not d.tokenizer and not tok.exists():
-        train_tokenizer([e for m in manifests for e in m], d.vocab_size, tok)
-    return manifests, val, tok
+    return manifests, val
+
+
+def prepare_tokenizer(cfg: PretrainConfig, manifests: list[list[ManifestEntry]], run_dir: Path) -> Path:
+    """The configured SentencePiece model, or one trained on the training captions into the run directory."""
+    tok = Path(cfg.data.tokenizer) if cfg.data.tokenizer else run_dir / "tokenizer.model"
+    if not cfg.data.tokenizer and not tok.exists():
+        train_tokenizer([e for m in manifests for e in m], cfg.data.vocab_size, tok)
+    return tok
 
 
 def _shuffle_captions(entries: list[ManifestEntry], seed: int) -> list[ManifestEntry]:
@@ -161,8 +216,8 @@ def model_overrides(cfg: PretrainConfig, vocab_size: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     try:
         cfg = parse_config(PretrainConfig, sys.argv[1:] if argv is None else argv)
-        if cfg.batch_size % cfg.grad_accum:
-            raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}")
+        check_config(cfg)
+        check_paths(cfg, files=["data.train_manifests", "data.val_manifest", "data.tokenizer"])
     except ConfigError as exc:
         sys.exit(f"pretrain.py: {exc}")
 
@@ -175,10 +230,19 @@ def main(argv: list[str] | None = None) -> None:
     if micro_batch % world:
         sys.exit(f"pretrain.py: batch_size/grad_accum = {micro_batch} is not divisible by {world} processes")
 
-    run_dir = [new_run_dir(cfg.output_dir, prefix="pretrain") if accelerator.is_main_process else None]
-    run_dir = Path(broadcast_object_list(run_dir)[0])
+    try:
+        with accelerator.main_process_first():
+            manifests, val_manifest = read_manifests(cfg)
+    except ManifestError as exc:
+        sys.exit(f"pretrain.py: {exc}")
+    try:
+        run_dir = open_shared_run_dir(
+            accelerator, cfg.output_dir, to_dict(cfg), resume=cfg.resume, overwrite=cfg.overwrite, prefix="pretrain"
+        )
+    except RunDirError as exc:
+        sys.exit(f"pretrain.py: {exc}")
     with accelerator.main_process_first():
-        manifests, val_manifest, tok_file = prepare_data(cfg, run_dir)
+        tok_file = prepare_tokenizer(cfg, manifests, run_dir)
     if accelerator.is_main_process:
         save_config(cfg, run_dir / "config.yaml")
     tokenizer = Tokenizer(tok_file)
@@ -194,11 +258,14 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model, optimizer = accelerator.prepare(model, optimizer)
     failures = FailureTracker(max_fail_fraction=cfg.data.max_fail_fraction)
-    # Stepped by hand (once per optimizer step) and saved with every state.
-    accelerator.register_for_checkpointing(scheduler, failures)
-
-    states = StateManager(run_dir, accelerator, keep=cfg.keep_states)
-    start_step = states.resume() if cfg.resume == "auto" else 0
+    # The scheduler is stepped by hand (once per optimizer step); both are saved with every state as JSON.
+    states = StateManager(
+        run_dir, accelerator, keep=cfg.keep_states, custom={"scheduler": scheduler, "failures": failures}
+    )
+    try:
+        start_step = states.resume() if cfg.resume == "auto" else 0
+    except StateError as exc:
+        sys.exit(f"pretrain.py: {exc}")
 
     train_set = ConcatDataset(
         [
@@ -235,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     metrics = MetricsLog(run_dir / "metrics.jsonl")
+    if accelerator.is_main_process:
+        metrics.rewind(start_step)  # what a killed run logged after its last state is logged again
     export_meta = {"model_name": cfg.model.name, "overrides": overrides, "tokenizer_file": tok_file}
 
     def evaluate_and_export(step: int) -> dict[str, dict[str, float]] | None:
@@ -270,11 +339,15 @@ def main(argv: list[str] | None = None) -> None:
     step = start_step
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc="pretrain", disable=not accelerator.is_main_process)
     window_clips, window_start = 0, time.perf_counter()
-    micro = 0
+    micro, halt = 0, False
     with StopRequest() as stop:
         for batch in loader:
-            failures.update(batch)
-            if batch_size(batch) == 0:
+            failures.update(batch, check=False)
+            try:
+                halt, skip = agree(accelerator, stop, batch_size(batch) == 0, failures)
+            except DataFailureError as exc:
+                sys.exit(f"pretrain.py: {exc}")
+            if skip:
                 continue
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             # Padding beyond the longest caption is masked anyway: trimming it saves text-tower compute.
@@ -314,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
                     loss=f"{reduced['loss']:.3f}", lr=f"{record['lr']:.1e}", clips_s=f"{record['clips_per_s']:.0f}"
                 )
                 window_clips, window_start = 0, time.perf_counter()
-            if stop.requested:
+            if halt:
                 states.save(step)
                 log.warning("stopped at step %d; state saved in %s", step, run_dir / "states")
                 return
@@ -324,14 +397,19 @@ def main(argv: list[str] | None = None) -> None:
                 evaluate_and_export(step)
     bar.close()
 
+    attempted, skipped = failure_totals(accelerator, failures)
+    try:
+        failures.check(final=True, totals=(attempted, skipped))
+    except DataFailureError as exc:
+        sys.exit(f"pretrain.py: {exc}")
     if cfg.save_every and (step > start_step or not (run_dir / "metrics_final.json").exists()):
         states.save(step)
     final = evaluate_and_export(step)
     if accelerator.is_main_process:
-        metrics.write({"step": step, "skipped_clips": failures.failed, "attempted_clips": failures.attempts})
+        metrics.write({"step": step, "skipped_clips": skipped, "attempted_clips": attempted})
         atomic_write_json(run_dir / "metrics_final.json", final)
         plot_curves(metrics.read(), run_dir / "curves.png")
-        log.info("skipped clips (bad media): %d of %d", failures.failed, failures.attempts)
+        log.info("skipped clips (bad media): %d of %d", skipped, attempted)
         print(format_table(final))
         print(f"run directory: {run_dir}")
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
@@ -39,18 +39,22 @@ import avsr
 from avsr.frontends.audio import read_state_dict
 from avsr.units import LRS2_CHARACTERS
 from data.batching import FrameBudgetBatchSampler, LengthCurriculum
-from data.collate import FailureTracker
-from data.config import ConfigError, parse_config, save_config
+from data.collate import DataFailureError, FailureTracker
+from data.config import ConfigError, check_paths, check_ranges, get_dotted, parse_config, save_config, to_dict
 from data.export import Export, ExportError, read_export, save_export
 from data.lrs2 import LRS2Config, LRS2Dataset, LRS2FormatError, SplitEntry, collate_lrs2, read_split
 from data.noise import AddNoise, BabbleNoise
 from data.rundir import (
     MetricsLog,
+    RunDirError,
+    StateError,
     StateManager,
     StopRequest,
+    agree,
     atomic_write_json,
     cpu_threads,
-    new_run_dir,
+    failure_totals,
+    open_shared_run_dir,
     plot_curves,
     setup_logging,
 )
@@ -196,7 +200,8 @@ class TrainAvsrConfig:
     output_dir: str = ""  # empty: a fresh timestamped directory under runs/
     max_steps: int = 650  # the CPU default: about 25 minutes on 2 cores (see configs/avsr/synth_av.yaml)
     seed: int = 0
-    resume: Literal["auto", "never"] = "auto"
+    resume: Literal["auto", "never"] = "auto"  # auto: continue the run in output_dir (same config)
+    overwrite: bool = False  # replace the run already in output_dir
     grad_accum: int = 1
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     sync_batchnorm: bool = True  # batch-norm statistics over all GPU processes (as auto_avsr); not on CPUs
@@ -215,8 +220,79 @@ class TrainAvsrConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# Inputs named by the config, checked to exist before any work.
+INPUT_FILES = ["units.sentencepiece_model", "init.wav2vec2_weights"]
+INPUT_DIRS = [
+    "data.root",
+    "data.noise.babble_dir",
+    "init.vatt_export",
+    "init.avsr_export",
+    "init.video_frontend_from",
+    "init.audio_frontend_from",
+]
+# Every count and fraction of the config, checked before any work.
+RANGES = {
+    "max_steps": (">=", 1),
+    "grad_accum": (">=", 1),
+    "cpu_threads": (">=", 0),
+    "log_every": (">=", 1),
+    "save_every": (">=", 0),
+    "keep_states": (">=", 1),
+    "data.max_frames": (">=", 1),
+    "data.pool_size": (">=", 1),
+    "data.num_workers": (">=", 0),
+    "data.max_fail_fraction": ("in", 0, 1),
+    "data.curriculum.start": (">=", 0),
+    "data.curriculum.ramp": (">=", 1),
+    "data.noise.prob": ("in", 0, 1),
+    "data.noise.talkers": (">=", 1),
+    "data.synth.speakers": (">=", 1),
+    "data.synth.utterances": (">=", 1),
+    "data.synth.val_speakers": (">=", 1),
+    "data.synth.test_speakers": (">=", 0),
+    "data.synth.workers": (">=", 1),
+    "units.vocab_size": (">=", 8),
+    "init.freeze_steps": (">=", 0),
+    "optim.lr": (">", 0),
+    "optim.end_lr": (">=", 0),
+    "optim.warmup_steps": (">=", 0),
+    "optim.betas": ("in", 0, 0.999999),
+    "optim.weight_decay": (">=", 0),
+    "optim.grad_clip": (">=", 0),
+    "loss.ctc_weight": ("in", 0, 1),
+    "loss.label_smoothing": ("in", 0, 0.999),
+    "eval.every": (">=", 0),
+    "eval.beam_size": (">=", 1),
+    "eval.ctc_weight": ("in", 0, 1),
+    "eval.max_utterances": (">=", 0),
+    "eval.max_frames": (">=", 1),
+    "preprocess.fps": (">", 0),
+    "preprocess.sample_rate": (">=", 1),
+    "preprocess.mouth_box": (">=", 0),
+    "preprocess.landmark_smooth": (">=", 1),
+    "preprocess.resize": (">=", 1),
+    "preprocess.crop": (">=", 1),
+    "preprocess.std": (">", 0),
+    "preprocess.hflip_prob": ("in", 0, 1),
+    "preprocess.decode_threads": (">=", 0),
+    "preprocess.max_seconds": (">", 0),
+}
+
+
 def check_config(cfg: TrainAvsrConfig) -> None:
-    """What the dataclass types cannot say; raises :class:`ConfigError` naming the key."""
+    """What the dataclass types cannot say, before any work; raises :class:`ConfigError` naming the key."""
+    check_ranges(cfg, RANGES)
+    for key in ("data.max_batch_size", "data.max_length", "data.curriculum.end"):
+        value = get_dotted(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"config key {key!r}: {value!r} is out of range; expected null or >= 1")
+    if cfg.preprocess.crop > cfg.preprocess.resize:
+        raise ConfigError(f"config key 'preprocess.crop': {cfg.preprocess.crop} is larger than preprocess.resize")
+    left, top, right, bottom = cfg.preprocess.mouth_box
+    if right <= left or bottom <= top:
+        raise ConfigError(f"config key 'preprocess.mouth_box': {list(cfg.preprocess.mouth_box)} is empty")
+    if cfg.data.synth.val_speakers + cfg.data.synth.test_speakers >= cfg.data.synth.speakers:
+        raise ConfigError("config key 'data.synth.speakers': fewer than val_speakers + test_speakers + 1")
     fields = {f.name for f in dataclasses.fields(avsr.AvsrConfig)}
     for key in cfg.model.overrides:
         if key not in fields:
@@ -259,8 +335,6 @@ def check_config(cfg: TrainAvsrConfig) -> None:
         raise ConfigError("units.alphabet repeats a character")
     if not cfg.data.train_splits:
         raise ConfigError("data.train_splits is empty")
-    if cfg.data.root and not Path(cfg.data.root).is_dir():
-        raise ConfigError(f"config key 'data.root': {cfg.data.root!r} is not a directory")
 
 
 def corpus_root(cfg: TrainAvsrConfig, progress: bool) -> str:
@@ -435,6 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = parse_config(TrainAvsrConfig, sys.argv[1:] if argv is None else argv)
         check_config(cfg)
+        check_paths(cfg, files=INPUT_FILES, dirs=INPUT_DIRS)
         vatt_export = read_export(cfg.init.vatt_export, kind="vatt") if cfg.init.vatt_export else None
         avsr_inits = read_avsr_inits(cfg.init)
     except (ConfigError, ExportError) as exc:
@@ -449,17 +524,21 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg.cpu_threads, accelerator.num_processes))
     world = accelerator.num_processes
-    run_dir = [new_run_dir(cfg.output_dir, prefix="train_avsr") if accelerator.is_main_process else None]
-    run_dir = Path(broadcast_object_list(run_dir)[0])
-
     try:
         with accelerator.main_process_first():
             root = corpus_root(cfg, progress=accelerator.is_main_process)
-            cfg.data.root = root  # the resolved config names the corpus it used
+        cfg.data.root = root  # the resolved config names the corpus it used
+        cfg.preprocess = dataclasses.replace(cfg.preprocess, root=root)
+        run_dir = open_shared_run_dir(
+            accelerator, cfg.output_dir, to_dict(cfg), resume=cfg.resume, overwrite=cfg.overwrite, prefix="train_avsr"
+        )
+    except (RunDirError, FileNotFoundError, ValueError) as exc:
+        sys.exit(f"train_avsr.py: {str(exc).splitlines()[0]}")
+
+    try:
+        with accelerator.main_process_first():
             cfg.preprocess = dataclasses.replace(
-                cfg.preprocess,
-                root=root,
-                length_cache=cfg.preprocess.length_cache or str(run_dir / "lengths.json"),
+                cfg.preprocess, length_cache=cfg.preprocess.length_cache or str(run_dir / "lengths.json")
             )
             noise = training_noise(cfg, root)
             parts = [
@@ -485,7 +564,7 @@ def main(argv: list[str] | None = None) -> None:
                 cfg.data.val_split,
                 train=False,
                 load_video=any("v" in m for m in eval_modalities),
-                load_audio=True,
+                load_audio=any("a" in m for m in eval_modalities),
             )
             val_set.lengths()
             if not lengths:
@@ -514,11 +593,14 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg))
     model, optimizer = accelerator.prepare(model, optimizer)
     failures = FailureTracker(max_fail_fraction=cfg.data.max_fail_fraction)
-    # Stepped by hand (once per optimizer step) and saved with every state.
-    accelerator.register_for_checkpointing(scheduler, failures)
-
-    states = StateManager(run_dir, accelerator, keep=cfg.keep_states)
-    start_step = states.resume() if cfg.resume == "auto" else 0
+    # The scheduler is stepped by hand (once per optimizer step); both are saved with every state as JSON.
+    states = StateManager(
+        run_dir, accelerator, keep=cfg.keep_states, custom={"scheduler": scheduler, "failures": failures}
+    )
+    try:
+        start_step = states.resume() if cfg.resume == "auto" else 0
+    except StateError as exc:
+        sys.exit(f"train_avsr.py: {exc}")
     net: avsr.AvsrModel = accelerator.unwrap_model(model)
     frozen_params: list[torch.nn.Parameter] = []
     if pretrained and start_step < cfg.init.freeze_steps:
@@ -564,6 +646,8 @@ def main(argv: list[str] | None = None) -> None:
         threads=cfg.cpu_threads,
     )
     metrics = MetricsLog(run_dir / "metrics.jsonl")
+    if accelerator.is_main_process:
+        metrics.rewind(start_step)  # what a killed run logged after its last state is logged again
 
     def evaluate_and_export(step: int) -> dict[str, Any] | None:
         result = None
@@ -597,11 +681,15 @@ def main(argv: list[str] | None = None) -> None:
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train_avsr", disable=not accelerator.is_main_process)
     window_utts = window_frames = window_steps = 0
     window_start = time.perf_counter()
-    micro = 0
+    micro, halt = 0, False
     with StopRequest() as stop:
         for batch in loader:
-            failures.update(batch)
-            if not batch["ids"]:
+            failures.update(batch, check=False)
+            try:
+                halt, skip = agree(accelerator, stop, not batch["ids"], failures)
+            except DataFailureError as exc:
+                sys.exit(f"train_avsr.py: {exc}")
+            if skip:
                 continue
             targets, target_lengths = pad_targets([encode(t) for t in batch["text"]])
             inputs = {k: v.to(accelerator.device) for k, v in batch.items() if torch.is_tensor(v)}
@@ -647,24 +735,29 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 window_utts = window_frames = window_steps = 0
                 window_start = time.perf_counter()
-            if stop.requested:
+            if halt:
                 states.save(step)
                 log.warning("stopped at step %d; state saved in %s", step, run_dir / "states")
                 return
-            if step % cfg.save_every == 0 and step < cfg.max_steps:
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
                 states.save(step)
             if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.max_steps:
                 evaluate_and_export(step)
     bar.close()
 
-    if step > start_step or not (run_dir / "metrics_final.json").exists():
+    attempted, skipped = failure_totals(accelerator, failures)
+    try:
+        failures.check(final=True, totals=(attempted, skipped))
+    except DataFailureError as exc:
+        sys.exit(f"train_avsr.py: {exc}")
+    if cfg.save_every and (step > start_step or not (run_dir / "metrics_final.json").exists()):
         states.save(step)
     final = evaluate_and_export(step)
     if accelerator.is_main_process:
-        metrics.write({"step": step, "skipped_utterances": failures.failed, "attempted_utterances": failures.attempts})
+        metrics.write({"step": step, "skipped_utterances": skipped, "attempted_utterances": attempted})
         atomic_write_json(run_dir / "metrics_final.json", final)
         plot_curves(metrics.read(), run_dir / "curves.png")
-        log.info("skipped utterances (bad media): %d of %d", failures.failed, failures.attempts)
+        log.info("skipped utterances (bad media): %d of %d", skipped, attempted)
         wers = "  ".join(f"{m}: WER {final[f'val_wer_{m}']:.2f}%" for m in eval_modalities)  # type: ignore[index]
         print(f"validation ({cfg.data.val_split}, {cfg.eval.method}) at step {step}: {wers}")
         print(f"run directory: {run_dir}")

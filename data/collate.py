@@ -84,7 +84,8 @@ class FailureTracker:
         self.failed = 0
         self.failed_paths: dict[str, str] = {}  # path -> first reason, in order of first failure
 
-    def update(self, batch: dict[str, Any]) -> None:
+    def update(self, batch: dict[str, Any], check: bool = True) -> None:
+        """Count a collated batch; ``check=False`` leaves the budget to a caller that sums processes."""
         failures = batch.get("failures", [])
         self.attempts += batch_size(batch) + len(failures)
         self.failed += len(failures)
@@ -92,22 +93,29 @@ class FailureTracker:
             if path not in self.failed_paths:
                 self.failed_paths[path] = reason
                 logger.warning("skipping bad media (logged once per file): %s", reason)
-        self.check()
+        if check:
+            self.check()
 
     @property
     def fraction(self) -> float:
         return self.failed / self.attempts if self.attempts else 0.0
 
-    def check(self, final: bool = False) -> None:
-        """Raise :class:`DataFailureError` if the failed fraction exceeds the budget."""
-        if not (final or self.attempts >= self.min_attempts) or self.fraction <= self.max_fail_fraction:
+    def check(self, final: bool = False, totals: tuple[int, int] | None = None) -> None:
+        """Raise :class:`DataFailureError` if the failed fraction exceeds the budget.
+
+        ``totals`` = (attempts, failed) over every process of a run, when several share the budget;
+        the paths listed are this process's.
+        """
+        attempts, failed = totals if totals is not None else (self.attempts, self.failed)
+        fraction = failed / attempts if attempts else 0.0
+        if not (final or attempts >= self.min_attempts) or fraction <= self.max_fail_fraction:
             return
         listed = list(self.failed_paths.items())[: self.max_listed]
         lines = "\n".join(f"  {path}: {reason}" for path, reason in listed)
         more = len(self.failed_paths) - len(listed)
         raise DataFailureError(
-            f"{self.failed} of {self.attempts} clips failed to decode ({100 * self.fraction:.1f}% > "
-            f"max_fail_fraction {100 * self.max_fail_fraction:g}%), from {len(self.failed_paths)} file(s); "
+            f"{failed} of {attempts} clips failed to decode ({100 * fraction:.1f}% > "
+            f"max_fail_fraction {100 * self.max_fail_fraction:g}%), from {len(self.failed_paths)} file(s) here; "
             f"first failures:\n{lines}" + (f"\n  ... and {more} more" if more > 0 else "")
         )
 

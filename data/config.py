@@ -8,6 +8,7 @@ before any work starts, with one line naming the key, the value and what is vali
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -44,6 +45,8 @@ def parse_config(cls: type[T], argv: list[str]) -> T:
         values = load_yaml(config_file)
     for item in overrides:
         key, raw = item.split("=", 1)
+        if not all(part.isidentifier() for part in key.strip().split(".")):
+            raise ConfigError(f"malformed override {item!r}; expected dotted_key=value, e.g. optim.lr=1e-4")
         _set_dotted(values, key.strip(), _parse_scalar(raw))
     return build(cls, values)
 
@@ -217,3 +220,43 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
         raise fail()
     return value
+
+
+# A range rule: (">=", 1), (">", 0) or ("in", 0, 1) (both ends included).
+Rule = tuple
+
+
+def get_dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _within(v: float, rule: Rule) -> bool:
+    op, *bounds = rule
+    if not math.isfinite(v):
+        return False
+    if op == ">=":
+        return v >= bounds[0]
+    if op == ">":
+        return v > bounds[0]
+    return bounds[0] <= v <= bounds[1]
+
+
+def check_ranges(cfg: Any, rules: dict[str, Rule], prefix: str = "") -> None:
+    """Raise :class:`ConfigError` naming the first key (a number or a list of them) outside its rule."""
+    for key, rule in rules.items():
+        value = get_dotted(cfg, key)
+        if not all(_within(v, rule) for v in (value if isinstance(value, (list, tuple)) else [value])):
+            expected = f"in [{rule[1]}, {rule[2]}]" if rule[0] == "in" else f"{rule[0]} {rule[1]}"
+            raise ConfigError(f"config key {prefix + key!r}: {value!r} is out of range; expected {expected}")
+
+
+def check_paths(cfg: Any, files: list[str] = (), dirs: list[str] = ()) -> None:
+    """Raise :class:`ConfigError` naming the first key whose (non-empty) path does not exist."""
+    for kind, keys, exists in (("file", files, Path.is_file), ("folder", dirs, Path.is_dir)):
+        for key in keys:
+            value = get_dotted(cfg, key)
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if v and not exists(Path(v)):
+                    raise ConfigError(f"config key {key!r}: {v!r} is not an existing {kind}")

@@ -18,7 +18,25 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from data.config import ConfigError, build
+from data.config import ConfigError, build, check_ranges
+
+_PREPROCESS_RANGES = {
+    "num_frames": (">=", 1),
+    "fps": (">", 0),
+    "image_size": (">=", 1),
+    "resize_size": (">=", 1),
+    "sample_rate": (">=", 1),
+    "max_text_len": (">=", 1),
+    "num_positives": (">=", 1),
+    "std": (">", 0),
+    "color_jitter_prob": ("in", 0, 1),
+    "brightness": (">=", 0),
+    "contrast": (">=", 0),
+    "saturation": (">=", 0),
+    "hue": ("in", 0, 0.5),
+    "audio_gain_db": (">=", 0),
+    "audio_noise": (">=", 0),
+}
 
 
 @dataclass
@@ -55,8 +73,7 @@ class PreprocessConfig:
     grayscale: bool = False  # luma repeated to three channels (as AVSR mouth crops are seen)
 
     def __post_init__(self) -> None:
-        if self.num_frames < 1 or self.fps <= 0 or self.sample_rate < 1:
-            raise ConfigError("preprocess: num_frames, fps and sample_rate must be positive")
+        check_ranges(self, _PREPROCESS_RANGES, prefix="preprocess.")
         if self.region is not None:
             left, top, right, bottom = self.region
             if left < 0 or top < 0 or right <= left or bottom <= top:
@@ -65,10 +82,14 @@ class PreprocessConfig:
                     f"and bottom > top >= 0, got {list(self.region)}"
                 )
         if self.image_size > self.resize_size:
-            raise ConfigError(f"preprocess: image_size {self.image_size} is larger than resize_size {self.resize_size}")
+            raise ConfigError(
+                f"config key 'preprocess.image_size': {self.image_size} is larger than preprocess.resize_size "
+                f"{self.resize_size}"
+            )
         if not 0 < self.min_scale <= self.max_scale <= 1:
             raise ConfigError(
-                f"preprocess: need 0 < min_scale <= max_scale <= 1, got {self.min_scale} and {self.max_scale}"
+                f"config keys 'preprocess.min_scale' and 'preprocess.max_scale': need 0 < min_scale <= max_scale "
+                f"<= 1, got {self.min_scale} and {self.max_scale}"
             )
 
     @property

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from data.rundir import OUTPUT_MARKER
 from data.synth import shapes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,8 @@ def test_resume_is_exact(corpus, tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(full / "states" / "step-00000003", resumed / "states" / "step-00000003")
-    shutil.copy(full / "tokenizer.model", resumed / "tokenizer.model")
+    for name in ("tokenizer.model", "config.yaml", OUTPUT_MARKER):
+        shutil.copy(full / name, resumed / name)
     _run([*TINY, *_data_args(corpus), "max_steps=6", "save_every=3", f"output_dir={resumed}"])
     again = _losses(resumed)
     assert sorted(again) == [4, 5, 6]
@@ -167,3 +169,158 @@ def test_corrupt_file_is_skipped_and_counted(corpus, tmp_path):
     counts = [r for r in records if "skipped_clips" in r][-1]
     assert counts["skipped_clips"] >= 1 and counts["attempted_clips"] >= 3 * 8
     assert (run / "metrics_final.json").exists()
+
+
+def _steps(run: Path) -> list[int]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in lines if "loss" in r]
+
+
+def _hidden(run: Path) -> list[str]:
+    """Temp names left anywhere in a run directory (the marker file excepted)."""
+    return sorted(str(p.relative_to(run)) for p in run.rglob(".*") if p.name != OUTPUT_MARKER)
+
+
+def _logged_steps(run: Path) -> int:
+    return len(_steps(run)) if (run / "metrics.jsonl").exists() else 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_is_exact(corpus, tmp_path):
+    """Ten SIGKILLs at random moments (some during a save), a resume after each: the losses of the
+    uninterrupted run step for step, every step logged once, no temp folder left."""
+    import random
+
+    common = [*TINY, *_data_args(corpus), "max_steps=24", "save_every=2", "keep_states=2"]
+    full = tmp_path / "full"
+    _run([*common, f"output_dir={full}"])
+    reference = _losses(full)
+
+    run = tmp_path / "killed"
+    rng = random.Random(0)
+    cmd = [sys.executable, "pretrain.py", *common, f"output_dir={run}"]
+    kills, during_save = 0, 0
+    while kills < 10:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            if kills % 3 == 2:  # at a save: as soon as a half-written state appears
+                deadline = time.time() + 60
+                while proc.poll() is None and time.time() < deadline:
+                    if (run / "states").is_dir() and any(
+                        p.name.startswith(".step-") for p in (run / "states").iterdir()
+                    ):
+                        during_save += 1
+                        break
+                    time.sleep(0.002)
+            else:  # at a random moment once training runs again
+                start = _logged_steps(run)
+                deadline = time.time() + 60
+                while proc.poll() is None and time.time() < deadline and _logged_steps(run) <= start:
+                    time.sleep(0.05)
+                time.sleep(rng.uniform(0.0, 1.5))
+        finally:
+            proc.kill()
+            proc.wait()
+        if proc.returncode == 0:
+            break  # the run finished before the kill
+        kills += 1
+    assert kills >= 8 and during_save >= 1, (kills, during_save)
+    _run(cmd[2:])
+    again = _losses(run)
+    assert sorted(again) == sorted(reference) == list(range(1, 25))
+    for step in reference:
+        assert again[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), step
+    steps = _steps(run)
+    assert len(steps) == len(set(steps)), "a step was logged twice"
+    assert _hidden(run) == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(corpus, tmp_path):
+    import psutil
+
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2"]
+    common = [*TINY, *_data_args(corpus), "max_steps=10", "save_every=0"]
+    full = tmp_path / "full"
+    _run([*common, f"output_dir={full}"], env=env, launcher=[*torchrun, f"--master_port={_free_port()}"])
+    reference = _losses(full)
+
+    run = tmp_path / "run"
+    cmd = [*torchrun, f"--master_port={_free_port()}", "pretrain.py", *common, f"output_dir={run}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and _logged_steps(run) < 2:
+        time.sleep(0.1)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "pretrain.py" in " ".join(p.cmdline())]
+    rank1 = [p for p in workers if p.environ().get("RANK") == "1"]
+    assert len(rank1) == 1, [p.cmdline() for p in workers]
+    rank1[0].send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = sorted(
+        int(line.rsplit("stopped at step ", 1)[1].split(";")[0])
+        for line in err.splitlines()
+        if "stopped at step" in line
+    )
+    assert len(stopped) == 2 and stopped[0] == stopped[1], err[-3000:]
+    states = sorted(p.name for p in (run / "states").iterdir())
+    assert states == [f"step-{stopped[0]:08d}"]
+    assert max(_steps(run)) <= stopped[0]
+
+    _run([*common, f"output_dir={run}"], env=env, launcher=[*torchrun, f"--master_port={_free_port()}"])
+    again = _losses(run)
+    assert sorted(again) == sorted(reference)
+    for step in reference:
+        assert again[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), step
+
+
+def test_a_run_where_every_clip_is_bad_exits_non_zero(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"this is not a video")
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"media": str(bad), "id": f"b{i}", "captions": ["x y"]}) + "\n" for i in range(8))
+    )
+    run = tmp_path / "run"
+    cmd = [sys.executable, "pretrain.py", *TINY, f"data.train_manifests=[{manifest}]", f"data.val_manifest={manifest}"]
+    out = subprocess.run(
+        [*cmd, "max_steps=2", f"output_dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr and "failed to decode" in out.stderr, out.stderr[-2000:]
+    assert not (run / "export").exists() and not (run / "metrics_final.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("batch_size=0", "batch_size"),
+        ("log_every=0", "log_every"),
+        ("grad_accum=0", "grad_accum"),
+        ("data.max_fail_fraction=2", "data.max_fail_fraction"),
+        ("data.val_manifest=/no/such/val.jsonl", "data.val_manifest"),
+    ],
+)
+def test_bad_config_values_stop_before_any_work(override, named, tmp_path):
+    run = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "pretrain.py", override, f"output_dir={run}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    lines = [x for x in out.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and named in lines[0], out.stderr[-2000:]
+    assert not run.exists()

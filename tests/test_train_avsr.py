@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import vatt
 from data.export import read_export, save_export
+from data.rundir import OUTPUT_MARKER
 from data.synth import speech
 from data.transforms import PreprocessConfig
 from eval.lrs2 import load_avsr_export
@@ -120,6 +121,8 @@ def test_resume_is_exact(corpus, tmp_path):
     # A run that stopped after step 2: a directory holding only what existed at that point.
     resumed = tmp_path / "resumed"
     shutil.copytree(full / "states" / "step-00000002", resumed / "states" / "step-00000002")
+    for name in ("config.yaml", OUTPUT_MARKER):
+        shutil.copy(full / name, resumed / name)
     out = _run([*common, f"output_dir={resumed}"])
     assert "resumed from" in out.stderr
     again = _losses(resumed)
