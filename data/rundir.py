@@ -63,12 +63,14 @@ def mark_ours(path: str | Path) -> None:
     (Path(path) / OUTPUT_MARKER).write_text("written by vatt-avsr; its next output to this path may replace it\n")
 
 
-def check_output_path(path: str | Path, kind: Literal["file", "dir"] = "file") -> Path:
+def check_output_path(path: str | Path, kind: Literal["file", "dir", "any"] = "file") -> Path:
     """Raise :class:`OutputPathError` unless ``path`` may receive a new output of ``kind``.
 
     A missing path may; an existing file may receive a file (the user named it); an existing folder
-    only when this project wrote it (:func:`is_ours`). Commands call it before the work whose result
-    goes there, so a wrong path fails at once rather than after the work.
+    may receive a folder only when this project wrote it (:func:`is_ours`), and never a file (a PNG
+    does not replace an index by a slip of the path). Commands call it before the work whose result
+    goes there, so a wrong path fails at once rather than after the work. ``kind="any"`` checks only
+    what holds for both.
     """
     path = Path(path)
     if path.is_symlink() or not path.exists():
@@ -79,6 +81,8 @@ def check_output_path(path: str | Path, kind: Literal["file", "dir"] = "file") -
                 f"{path} is an existing folder that this project did not write; refusing to replace it "
                 "(choose another output path)"
             )
+        if kind == "file":
+            raise OutputPathError(f"{path} is an existing output folder; refusing to replace it with a file")
     elif kind == "dir":
         raise OutputPathError(f"{path} is an existing file; refusing to replace it with a folder")
     return path
@@ -144,7 +148,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     earlier write left beside ``path`` are removed on the next write to it.
     """
     path = Path(path)
-    check_output_path(path)
+    check_output_path(path, "any")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))

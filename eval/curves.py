@@ -9,10 +9,11 @@ first, so the figure's claim can be read as numbers.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
-from data.rundir import MetricsLog, atomic_path
+from data.rundir import MetricsLog, OutputPathError, atomic_path, check_output_path
 
 Series = dict[int, float]
 
@@ -20,14 +21,21 @@ Series = dict[int, float]
 def read_series(run_dir: str | Path, key: str) -> Series:
     """``{step: value}`` of ``key`` in a run's metrics log (the last record wins for a repeated step)."""
     path = Path(run_dir) / "metrics.jsonl"
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"{run_dir}: no metrics log (no such run directory)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics log (expected a run directory of pretrain.py or train_avsr.py)")
     out: Series = {}
-    for rec in MetricsLog(path).read():
+    for rec in MetricsLog(path).read():  # lines that are not JSON objects are skipped there
         value = rec.get(key)
-        if "step" in rec and isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[int(rec["step"])] = float(value)
+        step = rec.get("step")
+        if _is_number(step) and math.isfinite(step) and _is_number(value):
+            out[int(step)] = float(value)
     return out
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def common_table(curves: list[Series]) -> list[tuple[int, list[float]]]:
@@ -37,6 +45,9 @@ def common_table(curves: list[Series]) -> list[tuple[int, list[float]]]:
 
 
 def plot(runs: list[str], labels: list[str], keys: list[str], out: str | Path) -> dict[str, list[Series]]:
+    """Draw ``keys`` of every run into the PNG ``out``; returns the series. ``out`` is checked first
+    (:func:`data.rundir.check_output_path`): a folder this project did not write is never replaced."""
+    check_output_path(out)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,25 +74,34 @@ def plot(runs: list[str], labels: list[str], keys: list[str], out: str | Path) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m eval.curves", description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl)")
     p.add_argument("--labels", nargs="+", help="one per run (default: the directory names)")
     p.add_argument("--keys", nargs="+", required=True, help="metrics to plot, e.g. val_wer_av")
     p.add_argument("--out", required=True, help="the PNG to write")
     args = p.parse_args(argv)
     labels = args.labels or [Path(r).name for r in args.runs]
-    if len(labels) != len(args.runs):
-        sys.exit(f"eval.curves: {len(labels)} labels for {len(args.runs)} runs")
     try:
+        if len(labels) != len(args.runs):
+            raise ValueError(f"--labels: {len(labels)} labels for {len(args.runs)} runs")
+        try:
+            check_output_path(args.out)
+        except OutputPathError as exc:
+            raise OutputPathError(f"--out: {exc}") from None
         data = plot(args.runs, labels, args.keys, args.out)
-    except (OSError, ValueError) as exc:
-        sys.exit(f"eval.curves: {exc}")
+    except (OSError, ValueError) as exc:  # OutputPathError is a ValueError
+        sys.exit(f"eval.curves: {_first_line(exc)}")
     for key, curves in data.items():
         print(f"{key}: step | " + " | ".join(labels) + (f" | {labels[1]} - {labels[0]}" if len(labels) == 2 else ""))
         for step, values in common_table(curves):
             diff = f" | {values[1] - values[0]:+.2f}" if len(values) == 2 else ""
             print(f"  {step} | " + " | ".join(f"{v:.2f}" for v in values) + diff)
     print(f"wrote {args.out}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

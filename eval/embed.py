@@ -125,18 +125,24 @@ def embed_texts(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> torch.Tensor:
-    """``text_vt`` (N, D_vt) for each text, tokenized to at most ``max_len`` tokens."""
+    """``text_vt`` (N, D_vt) for each text, tokenized to at most ``max_len`` tokens.
+
+    Each distinct text is embedded once, so equal texts get equal vectors (a matmul's rounding can
+    differ between rows of one batch) and a gallery of repeated captions costs less.
+    """
+    unique = list(dict.fromkeys(texts))
     out = []
-    starts = range(0, len(texts), batch_size)
+    starts = range(0, len(unique), batch_size)
     for s in tqdm(starts, desc="embed captions", unit="batch", disable=not progress or len(starts) < 2, leave=False):
-        ids, lengths = tokenizer.encode_batch(list(texts[s : s + batch_size]), max_len)  # (b, L), (b,)
+        ids, lengths = tokenizer.encode_batch(unique[s : s + batch_size], max_len)  # (b, L), (b,)
         empty = lengths == 0
         if bool(empty.any()):
-            raise ValueError(f"text {texts[s + int(torch.nonzero(empty)[0, 0])]!r} has no tokens")
+            raise ValueError(f"text {unique[s + int(torch.nonzero(empty)[0, 0])]!r} has no tokens")
         out.append(model.encode_text(ids.to(device), lengths.to(device))["text_vt"].float().cpu())
     if not out:
         return torch.zeros(0, 0)
-    return torch.cat(out)
+    row = {text: i for i, text in enumerate(unique)}
+    return torch.cat(out)[torch.tensor([row[t] for t in texts], dtype=torch.int64)]
 
 
 def embed_manifest(

@@ -1,9 +1,10 @@
 """FAISS indexes over an embedded gallery, saved and loaded as one directory.
 
 Vectors are L2-normalised and searched by inner product, so scores are cosine similarities. The
-default ``"Flat"`` index is exact; for large galleries any FAISS factory string works
-(``"IVF1024,Flat"``, ``"IVF1024,PQ32"``, ``"HNSW32"``) with ``nprobe`` / ``ef_search`` as the
-speed-recall knobs. When FAISS was built with GPU support and sees a GPU, indexes live there.
+default ``"Flat"`` index is exact; for large galleries a FAISS factory string of a type that loading
+can check (``"IVF1024,Flat"``, ``"IVF1024,PQ32"``, ``"IVF1024,SQ8"``, ``"HNSW32"``, ``"PQ32"``) with
+``nprobe`` / ``ef_search`` as the speed-recall knobs. When FAISS was built with GPU support and sees a
+GPU, indexes live there.
 
 An index directory holds::
 
@@ -13,13 +14,21 @@ An index directory holds::
     <space>.faiss       one FAISS index per vector space (e.g. video_vt for text queries,
                         video_va for audio queries), written with faiss.write_index
 
-It is written to a temporary sibling and renamed into place. A query embedded by a model other than
+It is written to a temporary sibling and renamed into place; an existing folder is only replaced when
+this project wrote it (:func:`data.rundir.check_output_path`). A query embedded by a model other than
 the one that built the index is refused (:class:`FingerprintMismatchError`); a missing or corrupt
 directory raises :class:`IndexDirError`, both with one line.
+
+Loading trusts nothing in the folder: ``meta.json`` may only name ``.faiss`` files inside it, and each
+file is walked (:func:`check_faiss_file`) before ``faiss.read_index`` sees it, because FAISS allocates
+whatever sizes a file declares before it finds out the file is too short. So only the index types
+this project builds are loaded: flat, PQ, SQ, IVF over those, and HNSW over flat storage, all
+inner-product.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -32,17 +41,14 @@ import faiss
 import numpy as np
 import torch
 
-from data.rundir import atomic_path
+from data.rundir import atomic_path, check_output_path
+from eval.faiss_file import MAX_EF_SEARCH, IndexDirError, check_faiss_file, walk_faiss
 
 logger = logging.getLogger(__name__)
 
 META = "meta.json"
 ITEMS = "items.json"
 FORMAT_VERSION = 1
-
-
-class IndexDirError(ValueError):
-    """An index directory that is missing, incomplete or unreadable."""
 
 
 class IndexBuildError(ValueError):
@@ -114,12 +120,17 @@ def build_faiss_index(
     copy). ``train_size`` caps the training sample (drawn with ``seed``): k-means over millions of vectors is
     slow and about 40-250 vectors per IVF list are enough.
     """
+    if nprobe is not None and nprobe < 1:
+        raise IndexBuildError(f"nprobe must be >= 1, got {nprobe}")
+    if ef_search is not None and not 1 <= ef_search <= MAX_EF_SEARCH:
+        raise IndexBuildError(f"ef_search must be in 1..{MAX_EF_SEARCH}, got {ef_search}")
     x = np.ascontiguousarray(vectors, dtype=np.float32) if normalized else l2_normalize(vectors)
     n, dim = x.shape
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise IndexBuildError(f"invalid FAISS factory string {factory!r}: {_first_line(exc)}") from None
+    _check_loadable(index, factory)
     _no_polysemous_training(index)
     if use_gpu or (use_gpu is None and gpu_available()):
         index = _to_gpu(index)
@@ -173,6 +184,8 @@ class RetrievalIndex:
         """Index each named (N, D) array in ``vectors``; row i of every array is ``items[i]``."""
         indexes = {}
         for name, vecs in vectors.items():
+            if not isinstance(name, str) or not _is_file_name(f"{name}.faiss"):
+                raise ValueError(f"space name {name!r} cannot be a file name")
             if len(vecs) != len(items):
                 raise ValueError(f"space {name!r} has {len(vecs)} vectors for {len(items)} items")
             indexes[name] = build_faiss_index(vecs, factory, nprobe=nprobe, ef_search=ef_search, use_gpu=use_gpu)
@@ -216,6 +229,8 @@ class RetrievalIndex:
     ) -> list[list[Hit]]:
         """Top-``k`` hits for each (Q, D) query (L2-normalised here) in vector ``space`` (default: the first)."""
         self.check_fingerprint(fingerprint)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
         space = space or self.spaces[0]
         if space not in self.indexes:
             raise KeyError(f"index has no vector space {space!r}; it has {', '.join(self.spaces)}")
@@ -224,6 +239,10 @@ class RetrievalIndex:
         if q.shape[1] != index.d:
             raise ValueError(f"queries have dimension {q.shape[1]} but space {space!r} has {index.d}")
         scores, rows = index.search(q, min(k, index.ntotal))  # (Q, k) each
+        if rows.size and rows.max() >= len(self.items):
+            raise IndexDirError(
+                f"space {space!r} returned row {rows.max()} of a gallery of {len(self.items)}: corrupt index"
+            )
         out = []
         for srow, rrow in zip(scores, rows):
             hits = [
@@ -235,8 +254,12 @@ class RetrievalIndex:
         return out
 
     def save(self, path: str | Path) -> Path:
-        """Write the index directory atomically (GPU indexes are copied to the CPU first)."""
-        path = Path(path)
+        """Write the index directory atomically (GPU indexes are copied to the CPU first).
+
+        Refuses (:class:`data.rundir.OutputPathError`) an existing file or a folder this project did not
+        write at ``path``, leaving it untouched.
+        """
+        path = check_output_path(path, "dir")
         with atomic_path(path) as tmp:
             tmp.mkdir()
             for name, index in self.indexes.items():
@@ -249,27 +272,94 @@ class RetrievalIndex:
 
     @classmethod
     def load(cls, path: str | Path, *, use_gpu: bool | None = None) -> RetrievalIndex:
-        """Read an index directory written by :meth:`save`; raises :class:`IndexDirError` with one line."""
+        """Read an index directory written by :meth:`save`; raises :class:`IndexDirError` with one line.
+
+        ``meta.json`` and ``items.json`` are checked field by field, the FAISS files it names must lie in
+        the folder, and each is walked by :func:`check_faiss_file` before FAISS reads it.
+        """
         path = Path(path)
         if not (path / META).is_file():
             raise IndexDirError(f"index directory {str(path)!r} not found: expected a directory with {META}")
         try:
-            meta = json.loads((path / META).read_text())
-            items = json.loads((path / ITEMS).read_text())
-            if meta.get("format") != FORMAT_VERSION or not isinstance(items, list):
-                raise ValueError(f"unknown format {meta.get('format')!r}")
+            meta = _read_json(path / META)
+            items = _read_json(path / ITEMS)
+            _check_meta(meta, items)
             indexes = {}
             for name, spec in meta["spaces"].items():
-                index = faiss.read_index(str(path / spec["file"]))
-                if index.d != spec["dim"] or index.ntotal != len(items) or len(items) != meta["count"]:
+                file = path / spec["file"]
+                if file.resolve().parent != path.resolve():  # a symlink out of the folder
+                    raise ValueError(f"{spec['file']} resolves to a file outside the index folder")
+                _, dim, count = check_faiss_file(file)
+                if (dim, count) != (spec["dim"], len(items)):
+                    raise ValueError(f"{spec['file']} holds {count} x {dim}, expected {len(items)} x {spec['dim']}")
+                index = faiss.read_index(str(file))
+                if index.d != spec["dim"] or index.ntotal != len(items):
                     raise ValueError(f"{spec['file']} holds {index.ntotal} x {index.d}, expected {len(items)}")
                 if use_gpu or (use_gpu is None and gpu_available()):
                     index = _to_gpu(index)
-                set_search_params(index, nprobe=meta.get("nprobe"), ef_search=meta.get("ef_search"))
+                set_search_params(index, nprobe=meta["nprobe"], ef_search=meta["ef_search"])
                 indexes[name] = index
             return cls(indexes, items, meta)
         except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IndexDirError(f"index directory {str(path)!r} is corrupt: {_first_line(exc)}") from None
+
+
+def _read_json(file: Path) -> Any:
+    """A JSON file's content; a ValueError naming the file otherwise."""
+    try:
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file.name} is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file.name} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
+
+
+def _check_meta(meta: Any, items: Any) -> None:
+    """Raise ValueError (one line) unless ``meta.json`` and ``items.json`` are what :meth:`save` writes.
+
+    ``spaces[*].file`` are files of the index itself, so they must be plain names inside its folder;
+    the export path and the items' media paths point outside by design and are only type-checked.
+    """
+    if not isinstance(meta, dict):
+        raise ValueError(f"{META} is not a JSON object")
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{META} has unknown format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+    for key in ("spaces", "count", "nprobe", "ef_search"):
+        if key not in meta:
+            raise ValueError(f"{META} has no {key!r}")
+    for key, types in (("fingerprint", (str, type(None))), ("export", (str, type(None))), ("extra", dict)):
+        if not isinstance(meta.get(key), types):
+            raise ValueError(f"{META} has {key} {meta.get(key)!r} of the wrong type")
+    if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
+        raise ValueError(f"{ITEMS} is not a list of objects")
+    if any(not isinstance(it.get("media", ""), (str, type(None))) for it in items):
+        raise ValueError(f"{ITEMS} has a media path that is not a string")
+    if not _is_int(meta["count"]) or meta["count"] != len(items):
+        raise ValueError(f"{META} counts {meta['count']!r} items but {ITEMS} has {len(items)}")
+    for key, top in (("nprobe", None), ("ef_search", MAX_EF_SEARCH)):
+        value = meta[key]
+        if value is not None and not (_is_int(value) and value >= 1 and (top is None or value <= top)):
+            raise ValueError(f"{META} has {key} {value!r}, expected null or an integer >= 1")
+    spaces = meta["spaces"]
+    if not isinstance(spaces, dict) or not spaces:
+        raise ValueError(f"{META} has no vector spaces")
+    for name, spec in spaces.items():
+        if not isinstance(spec, dict) or not _is_int(spec.get("dim")) or spec["dim"] < 1:
+            raise ValueError(f"{META} space {name!r} has no valid dimension")
+        file = spec.get("file")
+        if not isinstance(file, str) or not _is_file_name(file) or not file.endswith(".faiss"):
+            raise ValueError(
+                f"{META} space {name!r} names file {file!r}; expected a .faiss file inside the index folder"
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_file_name(name: str) -> bool:
+    """A plain file name: no folder part, no ``..``, not absolute (on any platform)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def _first_line(exc: BaseException) -> str:
@@ -326,3 +416,23 @@ def _no_polysemous_training(index: faiss.Index) -> None:
 
 def _has_hnsw(index: faiss.Index) -> bool:
     return hasattr(faiss.downcast_index(index), "hnsw")
+
+
+# ---------------------------------------------------------------------------------------------------
+# FAISS files, checked before faiss.read_index. The layout is FAISS's (faiss/impl/index_write.cpp):
+# little-endian scalars, and vectors as a uint64 count followed by the items. Every count is checked
+# against the bytes left in the file before anything is read, so a short or crafted file is refused
+# having cost a few small reads, and the walk must end exactly at the end of the file.
+
+
+def _check_loadable(index: faiss.Index, factory: str) -> None:
+    """Refuse, before training, a factory whose index type :func:`check_faiss_file` cannot check."""
+    data = faiss.serialize_index(index).tobytes()  # still empty: a few bytes (its PQ/SQ tables at most)
+    try:
+        walk_faiss(io.BytesIO(data), len(data), factory, untrained=True)
+    except IndexDirError as exc:
+        reason = str(exc).split(": ", 1)[1].split(";")[0]
+        raise IndexBuildError(
+            f"FAISS factory string {factory!r} builds an index that loading cannot check ({reason}); "
+            "use Flat, PQm, SQ8, IVFn,Flat, IVFn,PQm, IVFn,SQ8 or HNSWm"
+        ) from None

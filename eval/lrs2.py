@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -40,7 +41,7 @@ from data.batching import FrameBudgetBatchSampler
 from data.export import Export, ExportError, read_export
 from data.lrs2 import LRS2Config, LRS2Dataset, LRS2FormatError, collate_lrs2, read_split
 from data.noise import AddNoise, BabbleNoise
-from data.rundir import atomic_path, atomic_write_json, setup_logging
+from data.rundir import OutputPathError, atomic_path, atomic_write_json, check_output_path, setup_logging
 from eval.wer import error_rates, utterance_errors
 
 __all__ = ["DecodeConfig", "evaluate", "load_avsr_export", "lrs2_config", "main", "make_loader", "transcribe"]
@@ -238,7 +239,7 @@ def evaluate(
         train=False,
         audio_transform=noise if "a" in modality else None,
         load_video="v" in modality,
-        load_audio=True,  # the audio lengths give the duration for the real-time factor
+        load_audio="a" in modality,
     )
     if len(dataset) == 0:
         raise ValueError(f"the {split} split of {root} lists no utterances; nothing to evaluate")
@@ -283,13 +284,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--noise", choices=["white", "babble"], default=None, help="noise kind with --snr (white)")
     p.add_argument("--babble-dir", default=None, help="folder of speech for babble (the split's clips excluded)")
     p.add_argument("--greedy", action="store_true", help="greedy CTC instead of the joint beam search")
-    p.add_argument("--beam", type=int, default=10)
-    p.add_argument("--ctc-weight", type=float, default=0.1)
+    p.add_argument("--beam", type=int, default=10, help="beam size (>= 1)")
+    p.add_argument("--ctc-weight", type=float, default=0.1, help="CTC weight in the joint score, in [0, 1]")
     p.add_argument("--length-bonus", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=1, help="torch threads on a CPU (0: torch's default)")
-    p.add_argument("--max-frames", type=int, default=2000, help="video frames per batch (padded)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    p.add_argument("--limit", type=int, default=0, help="only the first N utterances of the split")
+    p.add_argument("--max-frames", type=int, default=2000, help="video frames per batch (padded, >= 1)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (>= 0)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N utterances of the split (0: all)")
     p.add_argument("--landmarks-dir", default=None, help="per-clip landmark files (else the export's fixed box)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -305,12 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads,
     )
     try:
-        if not Path(args.export).is_dir():
-            raise ExportError(f"export {args.export!r} not found")
-        if not Path(args.root).is_dir():
-            raise FileNotFoundError(f"LRS2 root {args.root!r} not found")
-        if decode.beam_size < 1 or not 0.0 <= decode.ctc_weight <= 1.0:
-            raise ValueError("--beam must be >= 1 and --ctc-weight in [0, 1]")
+        _check_args(args)
         model, tokens, export = load_avsr_export(args.export, args.device)
         sample_rate = int(export.preprocess.get("sample_rate", 16000))
         split_ids = [e.id for e in read_split(args.root, args.split)]
@@ -330,26 +326,61 @@ def main(argv: list[str] | None = None) -> None:
             landmarks_dir=args.landmarks_dir,
             device=args.device,
         )
-    except (ExportError, FileNotFoundError, LRS2FormatError, ValueError) as exc:
+        summary.update(
+            {
+                "snr": args.snr,
+                "noise": (args.noise or "white") if args.snr is not None else None,
+                "export": args.export,
+                "fingerprint": export.fingerprint,
+            }
+        )
+        if args.json:
+            atomic_write_json(args.json, summary)
+        if args.hyps:
+            write_hyps(args.hyps, records)
+    except (ExportError, LRS2FormatError, ValueError, OSError) as exc:  # OutputPathError is a ValueError
         sys.exit(f"eval.lrs2: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-    summary.update(
-        {
-            "snr": args.snr,
-            "noise": (args.noise or "white") if args.snr is not None else None,
-            "export": args.export,
-            "fingerprint": export.fingerprint,
-        }
-    )
-    if args.json:
-        atomic_write_json(args.json, summary)
-    if args.hyps:
-        write_hyps(args.hyps, records)
     noise_note = f", {summary['noise']} noise at {args.snr:g} dB" if args.snr is not None else ""
     print(
         f"LRS2 {args.split} ({summary['modality']}, {decode.method}{noise_note}): "
         f"WER {summary['wer']:.2f}%  CER {summary['cer']:.2f}%  RTF {summary['rtf'] or float('nan'):.3f}  "
         f"utterances {summary['utterances']}" + (f" ({summary['failed']} failed)" if summary["failed"] else "")
     )
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every argument before any work, each failure naming its flag (ValueError, one line)."""
+    for flag, value, low in (
+        ("--beam", args.beam, 1),
+        ("--threads", args.threads, 0),
+        ("--max-frames", args.max_frames, 1),
+        ("--workers", args.workers, 0),
+        ("--limit", args.limit, 0),
+    ):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if not 0.0 <= args.ctc_weight <= 1.0:  # also refuses nan
+        raise ValueError(f"--ctc-weight must be in [0, 1], got {args.ctc_weight}")
+    for flag, value in (("--length-bonus", args.length_bonus), ("--snr", args.snr)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number, got {value}")
+    if not Path(args.export).is_dir():
+        raise ExportError(f"--export: export directory {args.export!r} not found")
+    for flag, folder in (
+        ("--root", args.root),
+        ("--babble-dir", args.babble_dir),
+        ("--landmarks-dir", args.landmarks_dir),
+    ):
+        if folder is not None and not Path(folder).is_dir():
+            raise FileNotFoundError(f"{flag}: directory {folder!r} not found")
+    for flag, out in (("--json", args.json), ("--hyps", args.hyps)):
+        if out is not None:
+            try:
+                check_output_path(out)
+            except OutputPathError as exc:
+                raise OutputPathError(f"{flag}: {exc}") from None
+    if args.json is not None and args.hyps is not None and Path(args.json).resolve() == Path(args.hyps).resolve():
+        raise ValueError(f"--json and --hyps name the same file {args.json!r}")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ from data.collate import DataFailureError
 from data.export import ExportError
 from data.manifest import ManifestEntry, ManifestError
 from data.media import MediaError
-from data.rundir import atomic_write_json, setup_logging
+from data.rundir import OutputPathError, atomic_write_json, check_output_path, setup_logging
 from data.tokenizer import Tokenizer
 from data.transforms import PreprocessConfig
 from eval.embed import ManifestEmbeddings, embed_manifest
-from eval.index import IndexBuildError, RetrievalIndex
+from eval.index import MAX_EF_SEARCH, IndexBuildError, RetrievalIndex
 from eval.metrics import format_table, paired_metrics, text_video_metrics
 from eval.vatt_export import export_fingerprint, load_vatt_export
 
@@ -109,8 +109,11 @@ def evaluate_retrieval(
 
     With ``index_dir`` the gallery is also saved as an index directory; it records ``fingerprint`` (read
     from ``export_dir`` when not given) so that only queries embedded by the same export are accepted.
-    The model is put in eval mode and given back in the mode it came in.
+    ``index_dir`` is checked before the embedding: a folder this project did not write is refused
+    (:class:`data.rundir.OutputPathError`). The model is put in eval mode and given back in the mode it came in.
     """
+    if index_dir is not None:
+        check_output_path(index_dir, "dir")
     pp = preprocess if isinstance(preprocess, PreprocessConfig) else PreprocessConfig.from_dict(dict(preprocess))
     if index_dir is not None and fingerprint is None:
         if export_dir is None:
@@ -155,18 +158,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--manifest", required=True, help="JSONL manifest of the videos and captions to evaluate on")
     p.add_argument("--index", default=None, help="also save a FAISS index directory here for eval.search")
     p.add_argument("--factory", default="Flat", help="FAISS factory string: Flat (exact), IVF1024,Flat, HNSW32, ...")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query")
-    p.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth")
-    p.add_argument("--clips-per-video", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (>= 1)")
+    p.add_argument("--ef-search", type=int, default=None, help=f"HNSW search breadth (1..{MAX_EF_SEARCH})")
+    p.add_argument("--clips-per-video", type=int, default=4, help="clips averaged per video (>= 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass (>= 1)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (>= 0)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--max-fail-fraction", type=float, default=0.01, help="tolerated share of undecodable clips")
+    p.add_argument(
+        "--max-fail-fraction", type=float, default=0.01, help="tolerated share of undecodable clips, in [0, 1]"
+    )
     p.add_argument("--json", default=None, help="also write the metrics as JSON to this file")
     args = p.parse_args(argv)
     setup_logging()
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build loaded is noise here
     try:
+        _check_args(args)
         exp = load_vatt_export(args.export, device=args.device)
         results = evaluate_retrieval(
             exp.model,
@@ -185,14 +191,42 @@ def main(argv: list[str] | None = None) -> None:
             device=args.device,
             max_fail_fraction=args.max_fail_fraction,
         )
+        print(format_table(results))
+        if args.index:
+            print(f"index: {args.index}")
+        if args.json:
+            atomic_write_json(args.json, results)
+            logger.info("wrote %s", args.json)
     except (ExportError, ManifestError, MediaError, IndexBuildError, DataFailureError, ValueError, OSError) as exc:
-        sys.exit(f"eval.retrieval: {exc}")
-    print(format_table(results))
-    if args.index:
-        print(f"index: {args.index}")
-    if args.json:
-        atomic_write_json(args.json, results)
-        logger.info("wrote %s", args.json)
+        text = str(exc).strip()
+        sys.exit(f"eval.retrieval: {text.splitlines()[0] if text else type(exc).__name__}")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every argument before any work, each failure naming its flag (ValueError, one line)."""
+    for flag, value, low in (
+        ("--clips-per-video", args.clips_per_video, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--num-workers", args.num_workers, 0),
+        ("--nprobe", args.nprobe, 1),
+        ("--ef-search", args.ef_search, 1),
+    ):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if args.ef_search is not None and args.ef_search > MAX_EF_SEARCH:
+        raise ValueError(f"--ef-search must be <= {MAX_EF_SEARCH}, got {args.ef_search}")
+    if not 0.0 <= args.max_fail_fraction <= 1.0:  # also refuses nan
+        raise ValueError(f"--max-fail-fraction must be in [0, 1], got {args.max_fail_fraction}")
+    if not Path(args.export).is_dir():
+        raise ExportError(f"--export: export directory {args.export!r} not found")
+    if not Path(args.manifest).is_file():
+        raise ManifestError(f"--manifest: manifest file {args.manifest!r} not found")
+    for flag, out, kind in (("--index", args.index, "dir"), ("--json", args.json, "file")):
+        if out is not None:
+            try:
+                check_output_path(out, kind)
+            except OutputPathError as exc:
+                raise OutputPathError(f"{flag}: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from data.media import MediaError, MediaReader
-from data.rundir import atomic_path
+from data.rundir import atomic_path, check_output_path
 from eval.index import Hit
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,16 @@ def contact_sheet(
     frames_per_hit: int = 4,
     frame_size: int = 96,
 ) -> Path:
-    """Write a PNG with ``frames_per_hit`` frames of every hit (rows in rank order); returns ``out``."""
+    """Write a PNG with ``frames_per_hit`` frames of every hit (rows in rank order); returns ``out``.
+
+    ``out`` is checked before any frame is decoded: a folder this project did not write is refused
+    (:class:`data.rundir.OutputPathError`) and left as it was.
+    """
+    out = check_output_path(out)
     if not hits:
         raise ValueError("no hits to draw")
+    if frames_per_hit < 1 or frame_size < 1:
+        raise ValueError(f"frames_per_hit and frame_size must be >= 1, got {frames_per_hit} and {frame_size}")
     rows, cols = len(hits), frames_per_hit
     fig = Figure(figsize=(1.7 * cols + 0.2, 1.9 * rows + (0.5 if title else 0.1)), dpi=100)
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -65,7 +72,6 @@ def contact_sheet(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    out = Path(out)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     logger.info("wrote contact sheet %s (%d hits)", out, rows)

@@ -7,7 +7,6 @@ never a silently random layer). The model comes back in eval mode, where DropTok
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import torch
 
 import vatt
 from data.config import ConfigError
-from data.export import META, ExportError, read_export
+from data.export import ExportError, read_export, read_export_meta
 from data.tokenizer import Tokenizer
 from data.transforms import PreprocessConfig
 
@@ -40,25 +39,28 @@ def load_vatt_export(path: str | Path, device: str | torch.device = "cpu") -> Va
     try:
         model = vatt.create_model(exp.model_name, **exp.overrides)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ExportError(f"export {str(path)!r} names a model that cannot be built: {exc}") from None
+        raise ExportError(f"export {str(path)!r} names a model that cannot be built: {_first_line(exc)}") from None
     try:
         model.load_state_dict(exp.state_dict, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ExportError(f"export {str(path)!r} weights do not fit {exp.model_name!r}: {first}") from None
+        raise ExportError(f"export {str(path)!r} weights do not fit {exp.model_name!r}: {_first_line(exc)}") from None
     try:
         preprocess = PreprocessConfig.from_dict(exp.preprocess)
     except ConfigError as exc:
-        raise ExportError(f"export {str(path)!r} has an invalid preprocessing config: {exc}") from None
-    tokenizer = Tokenizer(exp.tokenizer_path) if exp.tokenizer_path is not None else None
+        raise ExportError(f"export {str(path)!r} has an invalid preprocessing config: {_first_line(exc)}") from None
+    try:
+        tokenizer = Tokenizer(exp.tokenizer_path) if exp.tokenizer_path is not None else None
+    except (OSError, RuntimeError, ValueError) as exc:  # sentencepiece raises these for a broken model file
+        raise ExportError(f"export {str(path)!r} has an unusable tokenizer: {_first_line(exc)}") from None
     model.to(device).eval()
     return VattExport(model, preprocess, tokenizer, exp.fingerprint, path, exp.extra)
 
 
 def export_fingerprint(path: str | Path) -> str:
-    """The fingerprint recorded in an export, without loading its weights."""
-    meta = Path(path) / META
-    try:
-        return str(json.loads(meta.read_text())["fingerprint"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise ExportError(f"export {str(path)!r} has no readable fingerprint in {META}: {exc}") from None
+    """The fingerprint recorded in an export, without loading its weights; raises ExportError with one line."""
+    return read_export_meta(path)["fingerprint"]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -22,6 +22,7 @@ from data.rundir import (
     StopRequest,
     atomic_path,
     atomic_write_json,
+    atomic_write_text,
     check_output_path,
     cpu_threads,
     is_ours,
@@ -127,6 +128,9 @@ def test_atomic_path_replaces_its_own_folder_and_a_file(tmp_path):
     with pytest.raises(OutputPathError, match="existing file"):
         with atomic_path(f) as tmp:
             tmp.mkdir()
+    with pytest.raises(OutputPathError, match="output folder"):  # a file never replaces a folder, ours or not
+        atomic_write_text(out, "a png by a slip of the path")
+    assert (out / "weights").read_text() == "two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "m.json"]
 
 

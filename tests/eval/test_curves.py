@@ -42,3 +42,27 @@ def test_missing_run_or_key_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"eval.curves: no logged values for .*a:val_wer"):
         main([str(a), "--keys", "val_wer", "--out", str(tmp_path / "x.png")])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_bad_inputs_are_one_line_naming_the_file_or_flag(tmp_path):
+    out = str(tmp_path / "x.png")
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path / "gone"), "--keys", "loss", "--out", out])
+    assert str(err.value.code) == f"eval.curves: {tmp_path / 'gone'}: no metrics log (no such run directory)"
+    a = _run(tmp_path, "a", [{"step": 1, "loss": 1.0}])
+    with pytest.raises(SystemExit) as err:
+        main([str(a), "--labels", "x", "y", "--keys", "loss", "--out", out])
+    assert str(err.value.code) == "eval.curves: --labels: 2 labels for 1 runs"
+    # lines that are not JSON objects, or whose step is not a number, give no values (and no traceback)
+    for content in (
+        b'{"step": 1\n',
+        b"\xff\n",
+        b"[1, 2]\n",
+        b'{"step": "one", "loss": 1}\n',
+        b'{"step": NaN, "loss": 1}\n',
+    ):
+        (a / "metrics.jsonl").write_bytes(content)
+        with pytest.raises(SystemExit) as err:
+            main([str(a), "--keys", "loss", "--out", out])
+        assert str(err.value.code) == f"eval.curves: no logged values for {a}:loss"
+    assert not (tmp_path / "x.png").exists()

@@ -192,3 +192,68 @@ def test_missing_inputs_fail_with_one_line(corpus, export, tmp_path):
         timeout=120,
     )
     assert out.returncode == 1 and out.stderr.strip().count("\n") == 0 and "test.txt" in out.stderr
+
+
+def test_rerun_replaces_its_own_outputs(corpus, export, tmp_path):
+    base = ["--root", str(corpus), "--modality", "a", "--export", str(export), "--greedy"]
+    first, _ = run_cli(base, tmp_path)
+    again, hyps = run_cli([*base, "--limit", "2"], tmp_path)  # same --json and --hyps paths
+    assert first["utterances"] == 4 and again["utterances"] == len(hyps) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hyps.jsonl", "result.json"]
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--beam", "0"], "--beam must be >= 1, got 0"),
+        (["--max-frames", "0"], "--max-frames must be >= 1, got 0"),
+        (["--workers", "-1"], "--workers must be >= 0, got -1"),
+        (["--limit", "-2"], "--limit must be >= 0, got -2"),
+        (["--threads", "-1"], "--threads must be >= 0, got -1"),
+        (["--ctc-weight", "1.5"], "--ctc-weight must be in [0, 1], got 1.5"),
+        (["--ctc-weight", "nan"], "--ctc-weight must be in [0, 1], got nan"),
+        (["--snr", "nan"], "--snr must be a finite number, got nan"),
+        (["--length-bonus", "inf"], "--length-bonus must be a finite number, got inf"),
+        (["--babble-dir", "{nope}"], "--babble-dir: directory '{nope}' not found"),
+        (["--landmarks-dir", "{nope}"], "--landmarks-dir: directory '{nope}' not found"),
+    ],
+)
+def test_bad_arguments_fail_with_one_line_before_any_work(tmp_path, monkeypatch, extra, needle):
+    root, export = tmp_path / "root", tmp_path / "export"
+    root.mkdir()
+    export.mkdir()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the export was loaded although an argument was invalid")
+
+    monkeypatch.setattr(lrs2_eval, "load_avsr_export", boom)
+    nope = str(tmp_path / "nope")
+    with pytest.raises(SystemExit) as err:
+        lrs2_eval.main(["--root", str(root), "--export", str(export), *(a.format(nope=nope) for a in extra)])
+    assert str(err.value.code) == f"eval.lrs2: {needle.format(nope=nope)}"
+
+
+def test_malformed_export_json_is_one_line(corpus, export, tmp_path):
+    broken = tmp_path / "export"
+    shutil.copytree(export, broken)
+    (broken / "export.json").write_text('{"kind": "avsr", "model": ')
+    with pytest.raises(SystemExit) as err:
+        lrs2_eval.main(["--root", str(corpus), "--export", str(broken), "--workers", "0"])
+    message = str(err.value.code)
+    assert message.startswith(f"eval.lrs2: {broken / 'export.json'}: invalid JSON") and "\n" not in message
+
+
+def test_cli_input_errors_name_the_flag(corpus, export, tmp_path):
+    for args, needle in [
+        (
+            ["--root", str(corpus), "--export", str(tmp_path / "nope")],
+            f"--export: export directory '{tmp_path / 'nope'}' not found",
+        ),
+        (
+            ["--root", str(tmp_path / "no_root"), "--export", str(export)],
+            f"--root: directory '{tmp_path / 'no_root'}' not found",
+        ),
+    ]:
+        with pytest.raises(SystemExit) as err:
+            lrs2_eval.main(args)
+        assert str(err.value.code) == f"eval.lrs2: {needle}"

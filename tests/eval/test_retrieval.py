@@ -1,13 +1,18 @@
 """Embedding and evaluation end to end with the real ``vatt_test`` model on tiny mp4 files."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from data.collate import DataFailureError
+from data.export import ExportError
 from data.manifest import ManifestDataset, read_manifest
 from data.media import MediaReader
+from eval import retrieval
 from eval.embed import embed_manifest, embed_videos, load_audio
 from eval.index import RetrievalIndex
 from eval.retrieval import evaluate_retrieval, main
@@ -145,3 +150,54 @@ def test_cli_prints_the_table_and_writes_the_index(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["--export", str(tmp_path / "nope"), "--manifest", str(corpus.manifest)])
     assert "not found" in str(err.value.code) and "\n" not in str(err.value.code)
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--clips-per-video", "0"], "--clips-per-video must be >= 1, got 0"),
+        (["--num-workers", "-1"], "--num-workers must be >= 0, got -1"),
+        (["--nprobe", "0"], "--nprobe must be >= 1, got 0"),
+        (["--ef-search", "0"], "--ef-search must be >= 1, got 0"),
+        (["--ef-search", "100000000"], "--ef-search must be <= 65536, got 100000000"),
+        (["--max-fail-fraction", "1.5"], "--max-fail-fraction must be in [0, 1], got 1.5"),
+        (["--max-fail-fraction", "nan"], "--max-fail-fraction must be in [0, 1], got nan"),
+    ],
+)
+def test_bad_numbers_fail_with_one_line_before_loading(corpus, monkeypatch, extra, needle):
+    def boom(*args, **kwargs):
+        raise AssertionError("the export was loaded although an argument was invalid")
+
+    monkeypatch.setattr(retrieval, "load_vatt_export", boom)
+    with pytest.raises(SystemExit) as err:
+        main(["--export", str(corpus.export), "--manifest", str(corpus.manifest), *extra])
+    assert str(err.value.code) == f"eval.retrieval: {needle}"
+
+
+def test_missing_inputs_and_malformed_exports_are_one_line(corpus, tmp_path):
+    cases = [
+        (
+            ["--export", str(tmp_path / "nope"), "--manifest", str(corpus.manifest)],
+            f"--export: export directory '{tmp_path / 'nope'}' not found",
+        ),
+        (
+            ["--export", str(corpus.export), "--manifest", str(tmp_path / "m.jsonl")],
+            f"--manifest: manifest file '{tmp_path / 'm.jsonl'}' not found",
+        ),
+    ]
+    broken = tmp_path / "export"
+    shutil.copytree(corpus.export, broken)
+    (broken / "export.json").write_text(json.dumps({"kind": "vatt", "model": {"name": "vatt_test"}}))
+    cases.append(
+        (
+            ["--export", str(broken), "--manifest", str(corpus.manifest)],
+            f"{broken / 'export.json'}: missing key 'model.overrides'",
+        )
+    )
+    for args, needle in cases:
+        with pytest.raises(SystemExit) as err:
+            main(args)
+        assert str(err.value.code) == f"eval.retrieval: {needle}"
+    with pytest.raises(ExportError, match="export.json: missing key 'model.overrides'"):
+        export_fingerprint(broken)

@@ -1,5 +1,10 @@
 """The query tool: text, example-video and audio queries, contact sheets, and its refusals."""
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +92,68 @@ def test_contact_sheet_marks_unreadable_media(built, tmp_path):
     hits[1].item["media"] = str(tmp_path / "gone.mp4")
     out = contact_sheet(hits, tmp_path / "s.png", frames_per_hit=2)
     assert imread(out).shape[0] > 100
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["-k", "0"], "-k must be >= 1, got 0"),
+        (["-k", "-3"], "-k must be >= 1, got -3"),
+        (["--frames", "0"], "--frames must be >= 1, got 0"),
+        (["--export", "{nope}"], "--export: export directory '{nope}' not found"),
+        (["--video", "{nope}"], "give exactly one query: a text, --video FILE or --audio FILE"),
+    ],
+)
+def test_bad_arguments_fail_with_one_line_before_loading(built, tmp_path, monkeypatch, extra, needle):
+    _, index_dir, _ = built
+    nope = str(tmp_path / "nope.mp4")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the index was loaded although an argument was invalid")
+
+    monkeypatch.setattr(RetrievalIndex, "load", boom)
+    with pytest.raises(SystemExit) as err:
+        main(["--index", str(index_dir), "blue", *(a.format(nope=nope) for a in extra)])
+    assert str(err.value.code) == f"eval.search: {needle.format(nope=nope)}"
+
+
+def test_missing_inputs_name_their_flag(built, tmp_path):
+    _, index_dir, _ = built
+    for args, needle in [
+        (["--index", str(tmp_path / "gone"), "blue"], f"--index: index directory '{tmp_path / 'gone'}' not found"),
+        (
+            ["--index", str(index_dir), "--video", str(tmp_path / "v.mp4")],
+            f"--video: file '{tmp_path / 'v.mp4'}' not found",
+        ),
+        (
+            ["--index", str(index_dir), "--audio", str(tmp_path / "a.wav")],
+            f"--audio: file '{tmp_path / 'a.wav'}' not found",
+        ),
+    ]:
+        with pytest.raises(SystemExit) as err:
+            main(args)
+        assert str(err.value.code) == f"eval.search: {needle}"
+    with pytest.raises(QueryError, match="k must be >= 1, got 0"):
+        search(index_dir, text="blue", k=0)
+
+
+def test_k_zero_as_a_process_is_one_line(built):
+    _, index_dir, _ = built
+    proc = subprocess.run(
+        [sys.executable, "-m", "eval.search", "--index", str(index_dir), "blue", "-k", "0"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and proc.stderr == "eval.search: -k must be >= 1, got 0\n"
+
+
+def test_malformed_export_is_one_line(corpus, built, tmp_path):
+    _, index_dir, _ = built
+    broken = tmp_path / "export"
+    shutil.copytree(corpus.export, broken)
+    (broken / "export.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(SystemExit) as err:
+        main(["--index", str(index_dir), "--export", str(broken), "blue"])
+    assert str(err.value.code) == f"eval.search: {broken / 'export.json'}: not UTF-8 text (byte 0)"
