@@ -48,6 +48,13 @@ def conformer_layer_forward(layer: ConformerLayer, x: Tensor, pad: Tensor) -> Te
     return layer.final_layer_norm(x)
 
 
+def _add_positions(x: Tensor, lengths: Tensor, dropout: nn.Module) -> tuple[Tensor, Tensor]:
+    """The input of both encoders: (B, T, D) plus sinusoidal positions, then dropout; and the (B, T)
+    padding mask (True on padding)."""
+    t, d = x.shape[1:]
+    return dropout(x + sinusoidal_positions(t, d, device=x.device)), make_pad_mask(lengths, t)
+
+
 class ConformerEncoder(nn.Module):
     """Sinusoidal positions + torchaudio Conformer layers, padding-exact."""
 
@@ -73,9 +80,7 @@ class ConformerEncoder(nn.Module):
         self.embed_dim = embed_dim
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        b, t, d = x.shape
-        pad = make_pad_mask(lengths, t)  # (B, T)
-        x = self.dropout(x + sinusoidal_positions(t, d, device=x.device))
+        x, pad = _add_positions(x, lengths, self.dropout)
         x = x.masked_fill(pad[:, :, None], 0.0).transpose(0, 1)  # (T, B, D)
         for layer in self.conformer.conformer_layers:
             x = conformer_layer_forward(layer, x, pad)
@@ -104,8 +109,6 @@ class TransformerEncoder(nn.Module):
         self.embed_dim = embed_dim
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        b, t, d = x.shape
-        pad = make_pad_mask(lengths, t)  # (B, T)
-        x = self.dropout(x + sinusoidal_positions(t, d, device=x.device))
+        x, pad = _add_positions(x, lengths, self.dropout)
         x = self.layers(x, src_key_padding_mask=pad)
         return x.masked_fill(pad[:, :, None], 0.0), lengths

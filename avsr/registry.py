@@ -6,6 +6,7 @@ from torch import nn
 
 from vatt.registry import Registry
 
+# AVSR's own entry points over vatt's Registry class, as vatt.registry has them: one pair per library.
 _REGISTRY = Registry("avsr")
 register_model = _REGISTRY.register
 

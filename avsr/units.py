@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 SPACE_PIECE = "\u2581"  # SentencePiece's word-boundary mark
 BLANK = 0
 LRS2_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789' "
@@ -91,3 +93,12 @@ class TokenSet:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TokenSet:
         return cls(units=tuple(d["units"]), kind=d["kind"])
+
+
+def pad_targets(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target ids (B, L) zero-padded and their lengths (B,)."""
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.int64)
+    targets = torch.zeros(len(ids), max(1, int(lengths.max())), dtype=torch.int64)
+    for i, x in enumerate(ids):
+        targets[i, : len(x)] = torch.tensor(x, dtype=torch.int64)
+    return targets, lengths

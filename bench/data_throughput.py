@@ -34,11 +34,11 @@ from torch.utils.data import DataLoader
 
 from data.collate import collate
 from data.manifest import ManifestDataset, caption_texts, read_manifest
-from data.rundir import cpu_threads
 from data.synth import shapes
 from data.synth.mediawriter import write_mp4
 from data.tokenizer import Tokenizer, train_tokenizer
 from data.transforms import PreprocessConfig
+from train.run_dir import cpu_threads
 
 VATT = PreprocessConfig()  # paper defaults
 

@@ -36,7 +36,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from data.rundir import atomic_write_json, setup_logging
+from data.cli import setup_logging
+from data.files import atomic_write_json
 from eval.index import build_faiss_index, set_search_params
 
 logger = logging.getLogger("bench.retrieval")

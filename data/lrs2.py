@@ -36,8 +36,8 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from data.collate import ItemFailure
+from data.files import atomic_write_json
 from data.media import MediaError, MediaReader, probe
-from data.rundir import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

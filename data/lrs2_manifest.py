@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from data.cli import setup_logging
+from data.files import atomic_write_text
 from data.lrs2 import SPLITS, Transcript, clip_path, read_split, read_transcript
-from data.rundir import atomic_write_text, setup_logging
 
 logger = logging.getLogger(__name__)
 

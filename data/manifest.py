@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,7 +33,6 @@ from tqdm import tqdm
 
 from data.collate import DataFailureError, FailureTracker, ItemFailure, batch_size, collate
 from data.media import MediaError, MediaReader
-from data.tokenizer import Tokenizer
 from data.transforms import AudioTransform, PreprocessConfig, VideoTransform
 
 logger = logging.getLogger(__name__)
@@ -47,8 +46,10 @@ __all__ = [
     "ManifestDataset",
     "ManifestEntry",
     "ManifestError",
+    "TextEncoder",
     "batch_size",
     "caption_texts",
+    "clip_starts",
     "collate",
     "nearest_captions",
     "parse_entry",
@@ -57,6 +58,16 @@ __all__ = [
 
 _KEYS = {"media", "id", "start", "end", "captions", "labels"}
 _CAPTION_KEYS = {"text", "start", "end"}
+
+
+class TextEncoder(Protocol):
+    """What :class:`ManifestDataset` needs of a tokenizer (:class:`data.tokenizer.Tokenizer` is one).
+
+    A protocol, not an import: ``python -m data.tokenizer`` trains on manifests, so the tokenizer module
+    depends on this one and not the other way round.
+    """
+
+    def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class ManifestError(ValueError):
@@ -243,6 +254,12 @@ def nearest_captions(
     return order[:k]
 
 
+def clip_starts(slack: float, n: int) -> list[float]:
+    """Offsets of ``n`` evenly spaced clips in ``slack`` room (a span minus one clip): the first at 0,
+    the last at ``slack``; a single clip sits in the middle. Seconds or samples, as ``slack`` is."""
+    return [slack * (0.5 if n == 1 else i / (n - 1)) for i in range(n)]
+
+
 @dataclass
 class _Window:
     start: float
@@ -304,7 +321,7 @@ class ManifestDataset(Dataset):
         self,
         manifest: str | Path | Sequence[ManifestEntry],
         cfg: PreprocessConfig | None = None,
-        tokenizer: Tokenizer | None = None,
+        tokenizer: TextEncoder | None = None,
         train: bool = True,
         clips_per_video: int = 4,
         decode_threads: int = 1,
@@ -345,9 +362,7 @@ class ManifestDataset(Dataset):
         seg_start, slack = self._segment(entry, duration)
         if self.train:
             return _Window(seg_start + slack * torch.rand(()).item(), 0)
-        n = self.clips_per_video
-        frac = 0.5 if n == 1 else clip_index / (n - 1)
-        return _Window(seg_start + slack * frac, clip_index)
+        return _Window(seg_start + clip_starts(slack, self.clips_per_video)[clip_index], clip_index)
 
     def __getitem__(self, index: int) -> dict[str, Any] | ItemFailure:
         video_index, clip_index = self.locate(index)

@@ -22,7 +22,7 @@ from typing import Any
 import sentencepiece as spm
 import torch
 
-from data.rundir import atomic_path
+from data.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -142,13 +142,13 @@ def _strings(items: Iterable[Any]) -> Iterable[str]:
     for item in items:
         if isinstance(item, str):
             yield item
-        else:  # a ManifestEntry (duck-typed: data.manifest imports this module)
+        else:  # a ManifestEntry (duck-typed: importing data.manifest here would pull in the media stack)
             yield from (c.text for c in item.captions)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from data.cli import setup_logging
     from data.manifest import ManifestError, caption_texts, read_manifest
-    from data.rundir import setup_logging
 
     parser = argparse.ArgumentParser(prog="python -m data.tokenizer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

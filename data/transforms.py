@@ -18,7 +18,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from data.config import ConfigError, build, check_ranges
+from data.schema import ConfigError, build, check_ranges
 
 _PREPROCESS_RANGES = {
     "num_frames": (">=", 1),

@@ -9,13 +9,12 @@ first, so the figure's claim can be read as numbers.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
-from data.rundir import MetricsLog, OutputPathError, atomic_path, check_output_path
-
-Series = dict[int, float]
+from data.files import OutputPathError, check_output_path
+from train.metrics import MetricsLog
+from train.plots import Series, draw, series
 
 
 def read_series(run_dir: str | Path, key: str) -> Series:
@@ -25,17 +24,7 @@ def read_series(run_dir: str | Path, key: str) -> Series:
         raise FileNotFoundError(f"{run_dir}: no metrics log (no such run directory)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics log (expected a run directory of pretrain.py or train_avsr.py)")
-    out: Series = {}
-    for rec in MetricsLog(path).read():  # lines that are not JSON objects are skipped there
-        value = rec.get(key)
-        step = rec.get("step")
-        if _is_number(step) and math.isfinite(step) and _is_number(value):
-            out[int(step)] = float(value)
-    return out
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return series(MetricsLog(path).read(), key)  # lines that are not JSON objects are skipped there
 
 
 def common_table(curves: list[Series]) -> list[tuple[int, list[float]]]:
@@ -46,30 +35,13 @@ def common_table(curves: list[Series]) -> list[tuple[int, list[float]]]:
 
 def plot(runs: list[str], labels: list[str], keys: list[str], out: str | Path) -> dict[str, list[Series]]:
     """Draw ``keys`` of every run into the PNG ``out``; returns the series. ``out`` is checked first
-    (:func:`data.rundir.check_output_path`): a folder this project did not write is never replaced."""
+    (:func:`data.files.check_output_path`): a folder this project did not write is never replaced."""
     check_output_path(out)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     data = {k: [read_series(r, k) for r in runs] for k in keys}
     empty = [f"{r}:{k}" for k, curves in data.items() for r, c in zip(runs, curves) if not c]
     if empty:
         raise ValueError(f"no logged values for {', '.join(empty)}")
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.4), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        for label, curve in zip(labels, data[key]):
-            steps = sorted(curve)
-            ax.plot(steps, [curve[s] for s in steps], marker="o", markersize=3, label=label)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    draw([(key, list(zip(labels, data[key]))) for key in keys], out, columns=len(keys))
     return data
 
 

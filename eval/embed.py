@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from data.collate import FailureTracker, collate
 from data.collate import batch_size as num_good
-from data.manifest import ManifestDataset, ManifestEntry, parse_entry, read_manifest
+from data.manifest import ManifestDataset, ManifestEntry, clip_starts, parse_entry, read_manifest
 from data.media import MediaError, load_audio
 from data.tokenizer import Tokenizer
 from data.transforms import PreprocessConfig, standardize_audio
@@ -239,7 +239,7 @@ def embed_audio_file(
         wave = F.pad(wave, (0, length - wave.shape[0]))
     slack = wave.shape[0] - length
     n = clips_per_video if slack > 0 else 1
-    starts = [round(slack * (0.5 if n == 1 else i / (n - 1))) for i in range(n)]
+    starts = [round(start) for start in clip_starts(slack, n)]  # as ManifestDataset places eval clips
     clips = torch.stack([wave[s : s + length] for s in starts])  # (n, S)
     if preprocess.audio_standardize:
         clips = standardize_audio(clips)

@@ -15,7 +15,7 @@ An index directory holds::
                         video_va for audio queries), written with faiss.write_index
 
 It is written to a temporary sibling and renamed into place; an existing folder is only replaced when
-this project wrote it (:func:`data.rundir.check_output_path`). A query embedded by a model other than
+this project wrote it (:func:`data.files.check_output_path`). A query embedded by a model other than
 the one that built the index is refused (:class:`FingerprintMismatchError`); a missing or corrupt
 directory raises :class:`IndexDirError`, both with one line.
 
@@ -41,7 +41,7 @@ import faiss
 import numpy as np
 import torch
 
-from data.rundir import atomic_path, check_output_path
+from data.files import atomic_path, check_output_path
 from eval.faiss_file import MAX_EF_SEARCH, IndexDirError, check_faiss_file, walk_faiss
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class RetrievalIndex:
     def save(self, path: str | Path) -> Path:
         """Write the index directory atomically (GPU indexes are copied to the CPU first).
 
-        Refuses (:class:`data.rundir.OutputPathError`) an existing file or a folder this project did not
+        Refuses (:class:`data.files.OutputPathError`) an existing file or a folder this project did not
         write at ``path``, leaving it untouched.
         """
         path = check_output_path(path, "dir")

@@ -38,11 +38,12 @@ from tqdm.auto import tqdm
 import avsr
 from avsr.decoding import beam_search, greedy_ctc
 from data.batching import FrameBudgetBatchSampler
-from data.export import Export, ExportError, read_export
+from data.cli import setup_logging
+from data.files import OutputPathError, atomic_path, atomic_write_json, check_output_path
 from data.lrs2 import LRS2Config, LRS2Dataset, LRS2FormatError, collate_lrs2, read_split
 from data.noise import AddNoise, BabbleNoise
-from data.rundir import OutputPathError, atomic_path, atomic_write_json, check_output_path, setup_logging
 from eval.wer import error_rates, utterance_errors
+from train.export import Export, ExportError, read_export
 
 __all__ = ["DecodeConfig", "evaluate", "load_avsr_export", "lrs2_config", "main", "make_loader", "transcribe"]
 
@@ -199,6 +200,25 @@ def summarize(records: Sequence[dict[str, Any]], timing: dict[str, float]) -> di
         "decode_seconds": timing["decode_seconds"],
         "audio_seconds": audio,
     }
+
+
+def validate(
+    model: avsr.AvsrModel,
+    tokens: avsr.TokenSet,
+    loader: DataLoader,
+    modalities: Sequence[str],
+    decode: DecodeConfig,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """WER and CER (%) of every modality (``val_wer_<m>``; ``val_wer`` is the first one's) and the count."""
+    result: dict[str, Any] = {}
+    for i, m in enumerate(modalities):
+        summary = summarize(*transcribe(model, tokens, loader, m, decode, device))
+        if i == 0:
+            result.update(val_wer=summary["wer"], val_cer=summary["cer"])
+        result.update({f"val_wer_{m}": summary["wer"], f"val_cer_{m}": summary["cer"]})
+    result["val_utterances"] = summary["utterances"]
+    return result
 
 
 def write_hyps(path: str | Path, records: Sequence[dict[str, Any]]) -> None:

@@ -20,17 +20,18 @@ from typing import Any
 
 import torch
 
+from data.cli import setup_logging
 from data.collate import DataFailureError
-from data.export import ExportError
+from data.files import OutputPathError, atomic_write_json, check_output_path
 from data.manifest import ManifestEntry, ManifestError
 from data.media import MediaError
-from data.rundir import OutputPathError, atomic_write_json, check_output_path, setup_logging
 from data.tokenizer import Tokenizer
 from data.transforms import PreprocessConfig
 from eval.embed import ManifestEmbeddings, embed_manifest
 from eval.index import MAX_EF_SEARCH, IndexBuildError, RetrievalIndex
 from eval.metrics import format_table, paired_metrics, text_video_metrics
 from eval.vatt_export import export_fingerprint, load_vatt_export
+from train.export import ExportError
 
 __all__ = ["build_index", "evaluate_retrieval", "format_table", "main", "metrics_from_embeddings"]
 
@@ -110,7 +111,7 @@ def evaluate_retrieval(
     With ``index_dir`` the gallery is also saved as an index directory; it records ``fingerprint`` (read
     from ``export_dir`` when not given) so that only queries embedded by the same export are accepted.
     ``index_dir`` is checked before the embedding: a folder this project did not write is refused
-    (:class:`data.rundir.OutputPathError`). The model is put in eval mode and given back in the mode it came in.
+    (:class:`data.files.OutputPathError`). The model is put in eval mode and given back in the mode it came in.
     """
     if index_dir is not None:
         check_output_path(index_dir, "dir")

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from data.cli import setup_logging
+from data.files import OutputPathError, check_output_path
 from data.media import MediaError
-from data.rundir import OutputPathError, check_output_path, setup_logging
 from eval.embed import embed_audio_file, embed_texts, embed_video_file
 from eval.index import Hit, RetrievalIndex
 from eval.sheet import contact_sheet

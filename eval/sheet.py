@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from data.files import atomic_path, check_output_path
 from data.media import MediaError, MediaReader
-from data.rundir import atomic_path, check_output_path
 from eval.index import Hit
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def contact_sheet(
     """Write a PNG with ``frames_per_hit`` frames of every hit (rows in rank order); returns ``out``.
 
     ``out`` is checked before any frame is decoded: a folder this project did not write is refused
-    (:class:`data.rundir.OutputPathError`) and left as it was.
+    (:class:`data.files.OutputPathError`) and left as it was.
     """
     out = check_output_path(out)
     if not hits:

@@ -1,4 +1,4 @@
-"""Load a VATT export (``data.export``) into a ready model, its preprocessing and its tokenizer.
+"""Load a VATT export (``train.export``) into a ready model, its preprocessing and its tokenizer.
 
 The export names a registered architecture and its overrides, so the model is rebuilt with
 ``vatt.create_model`` and the weights are loaded strictly (a missing or extra tensor is an error,
@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 import vatt
-from data.config import ConfigError
-from data.export import ExportError, read_export, read_export_meta
+from data.schema import ConfigError
 from data.tokenizer import Tokenizer
 from data.transforms import PreprocessConfig
+from train.export import ExportError, read_export, read_export_meta
 
 
 @dataclass

@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 
 import pretrain
 import train_avsr
-from data.config import ConfigError, parse_config
 from data.manifest import ManifestError, read_manifest
+from data.schema import ConfigError
+from train.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from data.rundir import OUTPUT_MARKER
+from data.files import OUTPUT_MARKER
 from data.synth import shapes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +34,9 @@ TINY = [
     "optim.lr=1e-3",
     "optim.warmup_steps=2",
     "log_every=1",
-    "eval_every=0",
-    "eval_clips_per_video=2",
-    "eval_batch_size=8",
+    "eval.every=0",
+    "eval.clips_per_video=2",
+    "eval.batch_size=8",
 ]
 
 
@@ -130,8 +130,8 @@ def test_paper_configs_run_two_steps_at_reduced_input(name, corpus, tmp_path):
         "preprocess.image_size=32",
         "preprocess.resize_size=36",
         "preprocess.sample_rate=3200",
-        "eval_clips_per_video=1",
-        "eval_batch_size=4",
+        "eval.clips_per_video=1",
+        "eval.batch_size=4",
         "log_every=1",
         "save_every=0",  # no multi-GB optimizer states on disk
     ]
@@ -324,3 +324,20 @@ def test_bad_config_values_stop_before_any_work(override, named, tmp_path):
     lines = [x for x in out.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and named in lines[0], out.stderr[-2000:]
     assert not run.exists()
+
+
+@pytest.mark.slow
+def test_save_every_zero_runs_to_the_end_and_tensorboard_gets_the_metrics(corpus, tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY, *_data_args(corpus), "max_steps=3", "save_every=0", "report_to=tensorboard", f"output_dir={run}"]
+    _run(args)
+    assert (run / "metrics_final.json").exists() and (run / "curves.png").exists()
+    assert not (run / "states").exists() or not any((run / "states").iterdir())
+    events = list((run / "trackers").rglob("events.out.tfevents*"))
+    assert events, sorted(p.name for p in run.rglob("*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    logged = {e.step: e.value for e in acc.Scalars("loss")}
+    assert logged == pytest.approx(_losses(run), rel=1e-6)

@@ -15,12 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import avsr
 import vatt
-from data.export import read_export, save_export
-from data.rundir import OUTPUT_MARKER
+from data.files import OUTPUT_MARKER
 from data.synth import speech
 from data.transforms import PreprocessConfig
 from eval.lrs2 import load_avsr_export
+from train.export import read_export, save_export
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,9 +201,8 @@ def test_vatt_towers_initialise_frozen_front_ends_and_sentencepiece_units(corpus
 
 
 def test_random_init_baseline_keeps_the_export_architecture_without_its_weights(vatt_export):
-    import avsr
     import train_avsr
-    from data.config import parse_config
+    from train.config import parse_config
 
     export = read_export(vatt_export)
     towers = export.state_dict
@@ -214,7 +214,7 @@ def test_random_init_baseline_keeps_the_export_architecture_without_its_weights(
         )
         tokens = avsr.TokenSet.characters("abc ")
         model = avsr.create_model("avsr_test", **train_avsr.model_overrides(cfg, tokens, export))
-        done = train_avsr.init_frontends(model, cfg, export, {})
+        done = avsr.init.init_frontends(model, cfg.init, cfg.model.modalities, export, {})
         state = model.state_dict()
         same = [
             torch.equal(state[k], towers["video_tower." + k[len("video_frontend.tower.") :]])
@@ -229,9 +229,9 @@ def test_random_init_baseline_keeps_the_export_architecture_without_its_weights(
 
 
 def test_audio_visual_model_starts_from_audio_only_and_visual_only_exports(tmp_path):
-    import avsr
     import train_avsr
-    from data.config import ConfigError, parse_config
+    from data.schema import ConfigError
+    from train.config import parse_config
 
     tokens = avsr.TokenSet.characters("abc ")
     exports = {}
@@ -251,12 +251,12 @@ def test_audio_visual_model_starts_from_audio_only_and_visual_only_exports(tmp_p
     cfg = parse_config(train_avsr.TrainAvsrConfig, args)
     train_avsr.check_config(cfg)
     inits = train_avsr.read_avsr_inits(cfg.init)
-    train_avsr.check_units(inits, tokens)
-    with pytest.raises(ConfigError, match="init.avsr_export: that export's units differ"):
-        train_avsr.check_units(inits, avsr.TokenSet.characters("abcd "))
+    avsr.init.check_units(inits, tokens)
+    with pytest.raises(avsr.init.InitError, match="init.avsr_export: that export's units differ"):
+        avsr.init.check_units(inits, avsr.TokenSet.characters("abcd "))
     torch.manual_seed(7)
     model = avsr.create_model("avsr_test", **train_avsr.model_overrides(cfg, tokens, None))
-    assert train_avsr.init_frontends(model, cfg, None, inits) == "va"
+    assert avsr.init.init_frontends(model, cfg.init, cfg.model.modalities, None, inits) == "va"
     audio_only, _, _ = load_avsr_export(exports["a"])
     visual_only, _, _ = load_avsr_export(exports["v"])
     for k, v in visual_only.video_frontend.state_dict().items():
@@ -276,7 +276,12 @@ def test_audio_visual_model_starts_from_audio_only_and_visual_only_exports(tmp_p
     # an audio-only export starting a visual-only model gives it no front-end
     lips = parse_config(train_avsr.TrainAvsrConfig, [f"init.avsr_export={exports['a']}", "model.modalities=v"])
     lips_model = avsr.create_model("avsr_test", **train_avsr.model_overrides(lips, tokens, None))
-    assert train_avsr.init_frontends(lips_model, lips, None, train_avsr.read_avsr_inits(lips.init)) == ""
+    assert (
+        avsr.init.init_frontends(
+            lips_model, lips.init, lips.model.modalities, None, train_avsr.read_avsr_inits(lips.init)
+        )
+        == ""
+    )
     bad = parse_config(train_avsr.TrainAvsrConfig, [f"init.video_frontend_from={exports['v']}", "model.modalities=a"])
     with pytest.raises(ConfigError, match="init.video_frontend_from is set but"):
         train_avsr.check_config(bad)
@@ -333,7 +338,7 @@ def test_bad_config_key_as_a_process(tmp_path):
 
 def test_every_config_parses_and_names_its_launch_command():
     import train_avsr
-    from data.config import parse_config
+    from train.config import parse_config
 
     files = sorted((ROOT / "configs" / "avsr").glob("*.yaml"))
     assert len(files) >= 5
@@ -367,3 +372,20 @@ def test_lrs2_recipe_runs_a_step_at_reduced_size(corpus, tmp_path):
     model, tokens, export = load_avsr_export(run / "export")
     assert export.model_name == "avsr_conformer_base" and model.cfg.embed_dim == 768 and model.cfg.depth == 1
     assert tokens.kind == "sentencepiece" and sorted(_losses(run)) == [1]
+
+
+@pytest.mark.slow
+def test_save_every_zero_runs_to_the_end_and_tensorboard_gets_the_metrics(corpus, tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY, f"data.root={corpus}", "model.modalities=a", "max_steps=3", "save_every=0", "eval.every=0"]
+    _run([*args, "report_to=tensorboard", f"output_dir={run}"])
+    assert json.loads((run / "metrics_final.json").read_text())["step"] == 3 and (run / "curves.png").exists()
+    assert not (run / "states").exists() or not any((run / "states").iterdir())
+    events = list((run / "trackers").rglob("events.out.tfevents*"))
+    assert events, sorted(p.name for p in run.rglob("*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert {e.step: e.value for e in acc.Scalars("loss")} == pytest.approx(_losses(run), rel=1e-6)
+    assert {e.step for e in acc.Scalars("val_wer")} == {3}

@@ -29,20 +29,34 @@ class EncoderConfig:
     qkv_bias: bool = True
 
 
+# VATT paper, Table 7: the transformer sizes (the MLP is 4 x embed_dim wide in each, mlp_ratio's default)
+ENCODER_SIZES: dict[str, dict[str, int]] = {
+    "Small": {"embed_dim": 512, "depth": 6, "num_heads": 8},
+    "Base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    "Medium": {"embed_dim": 1024, "depth": 12, "num_heads": 16},
+    "Large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+}
+
+
+def encoder_size(size: str) -> EncoderConfig:
+    """A fresh :class:`EncoderConfig` of a Table 7 size (``"Small"``, ``"Base"``, ``"Medium"``, ``"Large"``)."""
+    return EncoderConfig(**ENCODER_SIZES[size])
+
+
 def small() -> EncoderConfig:
-    return EncoderConfig(embed_dim=512, depth=6, num_heads=8)
+    return encoder_size("Small")
 
 
 def base() -> EncoderConfig:
-    return EncoderConfig(embed_dim=768, depth=12, num_heads=12)
+    return encoder_size("Base")
 
 
 def medium() -> EncoderConfig:
-    return EncoderConfig(embed_dim=1024, depth=12, num_heads=16)
+    return encoder_size("Medium")
 
 
 def large() -> EncoderConfig:
-    return EncoderConfig(embed_dim=1024, depth=24, num_heads=16)
+    return encoder_size("Large")
 
 
 @dataclass

@@ -18,6 +18,7 @@ def _build(name: str, cfg: VattConfig, overrides: dict[str, Any]) -> VattModel:
     return VattModel(cfg, model_name=name, overrides=overrides)
 
 
+# Registry entries look alike on purpose: each spells out its whole architecture where a reader looks for it.
 @register_model
 def vatt_bbs(**overrides: Any) -> VattModel:
     """VATT-BBS: Base video, Base audio, Small text transformers (paper total 197M)."""

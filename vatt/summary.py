@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from vatt.config import EncoderConfig, VattConfig, apply_overrides
+from vatt.config import VattConfig, apply_overrides, encoder_size
 from vatt.model import VattModel
 from vatt.registry import create_model, list_models
 from vatt.towers import VideoTower
@@ -27,12 +27,6 @@ PAPER_BACKBONE_M = {"Small": 20.9, "Base": 87.9, "Medium": 155.0, "Large": 306.1
 # the paper's model totals (sums of Table 7 rows: video + audio + text sizes)
 PAPER_TOTAL_M = {"vatt_bbs": 197.0, "vatt_mbs": 264.0, "vatt_lbs": 415.0, "vatt_ma_medium": 155.0}
 PAPER_MODELS = ["vatt_bbs", "vatt_mbs", "vatt_lbs", "vatt_ma_medium"]
-SIZES = {
-    "Small": EncoderConfig(embed_dim=512, depth=6, num_heads=8),
-    "Base": EncoderConfig(embed_dim=768, depth=12, num_heads=12),
-    "Medium": EncoderConfig(embed_dim=1024, depth=12, num_heads=16),
-    "Large": EncoderConfig(embed_dim=1024, depth=24, num_heads=16),
-}
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:
@@ -48,7 +42,7 @@ def build_meta(name: str, **overrides) -> VattModel:
 def video_backbone_params(size: str) -> int:
     """Parameters of a modality-specific video tower of a Table 7 size at the paper's input size."""
     with torch.device("meta"):
-        return count_params(VideoTower(VattConfig(video=SIZES[size])))
+        return count_params(VideoTower(VattConfig(video=encoder_size(size))))
 
 
 @dataclass

@@ -65,6 +65,7 @@ class _Hyp:
     truncated: bool = False
 
 
+# joint_beam_search's signature on purpose (tests pass both the same arguments); the body shares no code with it.
 @torch.no_grad()
 def beam_search_reference(
     enc_out: Tensor | None,

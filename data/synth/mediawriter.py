@@ -15,7 +15,7 @@ import av
 import numpy as np
 import torch
 
-from data.rundir import atomic_path
+from data.files import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from data.rundir import atomic_write_json, atomic_write_text
+from data.files import atomic_write_json, atomic_write_text
 from data.synth.mediawriter import write_mp4
 from data.transforms import PreprocessConfig
 
@@ -470,7 +470,7 @@ def demo_preprocess(**overrides: Any) -> PreprocessConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from data.rundir import setup_logging
+    from data.cli import setup_logging
 
     parser = argparse.ArgumentParser(prog="python -m data.synth.shapes", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory")

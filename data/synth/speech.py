@@ -45,7 +45,8 @@ import torchaudio
 import torchaudio.functional as AF
 from tqdm import tqdm
 
-from data.rundir import atomic_path, atomic_write_json, atomic_write_text, setup_logging
+from data.cli import setup_logging
+from data.files import atomic_path, atomic_write_json, atomic_write_text
 from data.synth.espeak import Espeak, Voice
 from data.synth.face import Appearance, random_appearance, random_motion, render
 from data.synth.mediawriter import write_mp4

@@ -14,7 +14,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data.config import ConfigError
 from data.manifest import (
     Caption,
     DataFailureError,
@@ -23,10 +22,12 @@ from data.manifest import (
     ManifestError,
     batch_size,
     caption_texts,
+    clip_starts,
     collate,
     nearest_captions,
     read_manifest,
 )
+from data.schema import ConfigError
 from data.tokenizer import Tokenizer, train_tokenizer
 from data.transforms import AudioTransform, PreprocessConfig, VideoTransform
 from tests.data.conftest import GREY_FPS, grey_level
@@ -193,6 +194,17 @@ def test_eval_clips_uniformly_spaced_and_deterministic(corpus):
         assert item["clip_index"] == item_index % 3 and item["video_index"] == item_index // 3
     a, b = ds[4], ds[4]
     assert torch.equal(a["video"], b["video"]) and torch.equal(a["audio"], b["audio"])
+
+
+def test_clip_starts_spread_from_first_to_last_room():
+    """One rule for evaluation clips, in seconds (ManifestDataset) and in samples (audio queries)."""
+    assert clip_starts(2.8, 1) == [1.4]  # a single clip in the middle
+    assert clip_starts(4.0, 3) == [0.0, 2.0, 4.0]
+    assert clip_starts(0.0, 4) == [0.0] * 4
+    for slack in (7, 480_001, 1_234_567):  # samples: rounded as eval.embed does, same as the former inline rule
+        for n in (1, 2, 3, 4, 7):
+            want = [round(slack * (0.5 if n == 1 else i / (n - 1))) for i in range(n)]
+            assert [round(s) for s in clip_starts(slack, n)] == want
 
 
 def test_item_contract_and_ranges(corpus):

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.sampling import SeededItems, StepBatchSampler
-from data.schedule import warmup_cosine
+from train.schedule import warmup_cosine
 
 
 def test_every_item_once_per_epoch_and_shards_tile_the_global_batch():

@@ -6,16 +6,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 import torch
 
 import vatt
-from data.export import save_export
 from data.synth.mediawriter import write_mp4
 from data.tokenizer import train_tokenizer
 from data.transforms import PreprocessConfig
+from train.export import save_export
 
 SR = 8000
 FPS = 10.0
@@ -33,13 +32,8 @@ VIDEOS = [
 
 
 @pytest.fixture(autouse=True, scope="session")
-def single_threaded_faiss():
-    """Tiny indexes gain nothing from threads, and on a shared machine OpenMP barriers between two busy
-    threads cost up to 20x (seen: 6 s instead of 0.3 s to train a small IVF-PQ)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+def _tiny_indexes(single_threaded_faiss):
+    """Every test here builds or searches tiny FAISS indexes (see tests/conftest.py)."""
 
 
 def preprocess() -> PreprocessConfig:

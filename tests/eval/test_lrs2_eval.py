@@ -15,11 +15,11 @@ import torch
 
 import avsr
 from avsr.decoding import beam_search, greedy_ctc
-from data.export import save_export
 from data.lrs2 import LRS2Config, LRS2Dataset, read_split, read_transcript
 from data.synth.mediawriter import write_mp4
 from eval import lrs2 as lrs2_eval
 from eval.wer import error_rates
+from train.export import save_export
 
 ROOT = Path(__file__).resolve().parents[2]
 SR, FPS = 16000, 25.0

@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 import pytest
 
-from data.rundir import OUTPUT_MARKER, OutputPathError
+from data.files import OUTPUT_MARKER, OutputPathError
 from eval import curves, lrs2, retrieval, search
 from eval.index import RetrievalIndex
 

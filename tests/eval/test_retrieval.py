@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from data.collate import DataFailureError
-from data.export import ExportError
 from data.manifest import ManifestDataset, read_manifest
 from data.media import MediaReader
 from eval import retrieval
@@ -17,6 +16,7 @@ from eval.embed import embed_manifest, embed_videos, load_audio
 from eval.index import RetrievalIndex
 from eval.retrieval import evaluate_retrieval, main
 from eval.vatt_export import export_fingerprint, load_vatt_export
+from train.export import ExportError
 
 
 def brute_force_ranks(scores: np.ndarray, q_lab: np.ndarray, g_lab: np.ndarray) -> np.ndarray:

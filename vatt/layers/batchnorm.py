@@ -11,19 +11,16 @@ no process group, or one process) it is plain ``nn.BatchNorm1d``. Running statis
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from vatt.distributed import world_size
 
 
 class CrossProcessBatchNorm1d(nn.BatchNorm1d):
     """``nn.BatchNorm1d`` over (B, C) inputs with moments reduced across processes in training."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or _world_size() == 1:
+        if not self.training or world_size() == 1:
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 

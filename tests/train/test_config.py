@@ -3,7 +3,8 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from data.config import ConfigError, parse_config, save_config
+from data.schema import ConfigError
+from train.config import parse_config, save_config
 
 
 @dataclass

@@ -4,6 +4,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.usefixtures("single_threaded_faiss")
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "retrieval.py"
 
 

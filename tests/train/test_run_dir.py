@@ -12,23 +12,20 @@ import yaml
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from data.rundir import (
+from data.files import (
     OUTPUT_MARKER,
-    MetricsLog,
     OutputPathError,
-    RunDirError,
-    StateError,
-    StateManager,
-    StopRequest,
     atomic_path,
     atomic_write_json,
     atomic_write_text,
     check_output_path,
-    cpu_threads,
     is_ours,
-    open_run_dir,
-    plot_curves,
 )
+from train.metrics import MetricsLog
+from train.plots import plot_curves
+from train.run_dir import RunDirError, cpu_threads, open_run_dir
+from train.signals import StopRequest
+from train.states import StateError, StateManager
 
 
 def _setup():

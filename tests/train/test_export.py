@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from data import export
-from data.export import ExportError, read_export, save_export
-from data.rundir import OutputPathError
+from data.files import OutputPathError
+from train import export
+from train.export import ExportError, read_export, save_export
 
 
 def test_export_roundtrip_and_fingerprint(tmp_path):

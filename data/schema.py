@@ -1,8 +1,7 @@
-"""Run configs: YAML files merged over dataclass defaults, then dotted ``key=value`` overrides.
+"""Config dataclasses built from plain data: every key and type checked, ranges checked by rule.
 
-Every script declares its config as a dataclass tree and calls :func:`parse_config`. The merge is
-strict: an unknown key, a value of the wrong type or a missing file raises :class:`ConfigError`
-before any work starts, with one line naming the key, the value and what is valid.
+Data, model and run configs are dataclass trees; :func:`build` makes one from a nested dict (a YAML
+file, an export's JSON) and raises :class:`ConfigError` naming the dotted key of the first problem.
 """
 
 from __future__ import annotations
@@ -11,60 +10,13 @@ import dataclasses
 import math
 import types
 import typing
-from pathlib import Path
 from typing import Any, TypeVar
-
-import yaml
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the config dataclass."""
-
-
-def parse_config(cls: type[T], argv: list[str]) -> T:
-    """Build ``cls`` from ``[--config FILE] [key=value ...]`` (the same grammar for every script)."""
-    config_file: str | None = None
-    overrides: list[str] = []
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg == "--config":
-            if not args:
-                raise ConfigError("--config needs a YAML file path")
-            config_file = args.pop(0)
-        elif arg.startswith("--config="):
-            config_file = arg.split("=", 1)[1]
-        elif "=" in arg and not arg.startswith("-"):
-            overrides.append(arg)
-        else:
-            raise ConfigError(f"unexpected argument {arg!r}; expected --config FILE or key=value")
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        values = load_yaml(config_file)
-    for item in overrides:
-        key, raw = item.split("=", 1)
-        if not all(part.isidentifier() for part in key.strip().split(".")):
-            raise ConfigError(f"malformed override {item!r}; expected dotted_key=value, e.g. optim.lr=1e-4")
-        _set_dotted(values, key.strip(), _parse_scalar(raw))
-    return build(cls, values)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found; expected a YAML file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, got {type(data).__name__}")
-    return data
 
 
 def build(cls: type[T], values: dict[str, Any], prefix: str = "", base: Any = None) -> T:
@@ -107,40 +59,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return _plain(dataclasses.asdict(cfg))
 
 
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically."""
-    from data.rundir import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _parse_scalar(raw: str) -> Any:
-    raw = raw.strip()
-    if raw == "":
-        return ""
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-
-
-def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = values
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is a value, not a section; cannot set {key!r}")
-        node = child
-    node[parts[-1]] = value
 
 
 def _type_name(tp: Any) -> str:
@@ -227,8 +151,9 @@ Rule = tuple
 
 
 def get_dotted(cfg: Any, key: str) -> Any:
+    """``cfg.a.b`` for ``key = "a.b"``; a dict at any level is indexed instead."""
     for part in key.split("."):
-        cfg = getattr(cfg, part)
+        cfg = cfg[part] if isinstance(cfg, dict) else getattr(cfg, part)
     return cfg
 
 
@@ -252,11 +177,12 @@ def check_ranges(cfg: Any, rules: dict[str, Rule], prefix: str = "") -> None:
             raise ConfigError(f"config key {prefix + key!r}: {value!r} is out of range; expected {expected}")
 
 
-def check_paths(cfg: Any, files: list[str] = (), dirs: list[str] = ()) -> None:
-    """Raise :class:`ConfigError` naming the first key whose (non-empty) path does not exist."""
-    for kind, keys, exists in (("file", files, Path.is_file), ("folder", dirs, Path.is_dir)):
-        for key in keys:
-            value = get_dotted(cfg, key)
-            for v in value if isinstance(value, (list, tuple)) else [value]:
-                if v and not exists(Path(v)):
-                    raise ConfigError(f"config key {key!r}: {v!r} is not an existing {kind}")
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as one level of dotted keys (``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

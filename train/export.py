@@ -9,7 +9,7 @@ An export is a directory::
 
 The directory is written to a temporary sibling and renamed into place, so a reader never sees
 half an export; an existing folder at the path is only replaced when this project wrote it
-(:func:`data.rundir.check_output_path`). ``fingerprint`` hashes the weights and configs: indexes built
+(:func:`data.files.check_output_path`). ``fingerprint`` hashes the weights and configs: indexes built
 from an export record it and refuse queries embedded by another. Reading checks every field of
 ``export.json`` and raises :class:`ExportError` with one line naming the file and what was wrong.
 """
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from data.rundir import atomic_path, check_output_path
+from data.files import atomic_path, check_output_path
 
 WEIGHTS = "model.safetensors"
 META = "export.json"
@@ -61,7 +61,7 @@ def save_export(
 ) -> Path:
     """Write an export directory atomically; returns its path.
 
-    Refuses (:class:`data.rundir.OutputPathError`) before any work when ``path`` is an existing file or a
+    Refuses (:class:`data.files.OutputPathError`) before any work when ``path`` is an existing file or a
     folder this project did not write.
     """
     path = check_output_path(path, "dir")
