@@ -10,8 +10,6 @@ import dataclasses
 import io
 import json
 import os
-import subprocess
-import sys
 import typing
 from contextlib import redirect_stderr
 from pathlib import Path
@@ -24,9 +22,9 @@ import pretrain
 import train_avsr
 from data.manifest import ManifestError, read_manifest
 from data.schema import ConfigError
+from tests.conftest import run_python
 from train.config import parse_config
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -163,13 +161,7 @@ def test_launchers_print_one_line_for_bad_overrides(script, tmp_path):
             pass
         else:
             return  # a valid config would start a run: the in-process property covers these
-        out = subprocess.run(
-            [sys.executable, script, *args, f"output_dir={tmp_path / 'run'}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        out = run_python([script, *args, f"output_dir={tmp_path / 'run'}"], timeout=120)
         assert out.returncode != 0
         assert "Traceback" not in out.stderr, out.stderr[-2000:]
         lines = [x for x in out.stderr.splitlines() if x.strip()]

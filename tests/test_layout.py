@@ -1,14 +1,12 @@
 """Package boundaries and the shared script interface."""
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, run_python
 
 # The project's own code: packages (absent ones, e.g. before they are written, are skipped) and launchers.
 PACKAGES = ("vatt", "avsr", "data", "eval", "train", "audiossl")
@@ -31,23 +29,21 @@ print('ok', len(vatt.list_models()), len(avsr.list_models()))
 
 
 def test_model_libraries_import_without_launcher_stack():
-    out = subprocess.run([sys.executable, "-c", BLOCKER], cwd=ROOT, capture_output=True, text=True)
+    out = run_python(["-c", BLOCKER])
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
 
 
 def test_blocker_really_blocks():
     code = BLOCKER.replace("import vatt, avsr", "import av")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    out = run_python(["-c", code])
     assert out.returncode != 0 and "blocked" in out.stderr
 
 
 @pytest.mark.parametrize("script", ["pretrain.py", "train_avsr.py"])
 def test_scripts_share_top_level_keys_and_reject_bad_keys(script, tmp_path):
     run = tmp_path / "run"
-    out = subprocess.run(
-        [sys.executable, script, "bogus_key=1", f"output_dir={run}"], cwd=ROOT, capture_output=True, text=True
-    )
+    out = run_python([script, "bogus_key=1", f"output_dir={run}"])
     assert out.returncode != 0
     assert "'bogus_key'" in out.stderr and "max_steps" in out.stderr and "seed" in out.stderr
     assert not run.exists()  # nothing was done before the error

@@ -6,14 +6,12 @@ from __future__ import annotations
 import configparser
 import importlib
 import shutil
-import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, run_python
+
 LIBRARIES = ("vatt", "avsr", "data", "eval", "train", "audiossl")  # those that exist are packaged
 LAUNCHERS = ("pretrain.py", "train_avsr.py")
 SCRIPTS = {
@@ -61,12 +59,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     for junk in ("tests", "bench"):  # present in a checkout; must stay out of the wheel
         (src / junk).mkdir()
         (src / junk / "__init__.py").write_text("")
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(src)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    build = run_python(["-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(src)])
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     assert "deprecat" not in (build.stdout + build.stderr).lower(), build.stdout + build.stderr
     (path,) = out.glob("vatt_avsr-*.whl")

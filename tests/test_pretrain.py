@@ -14,47 +14,11 @@ from pathlib import Path
 import pytest
 
 from data.files import OUTPUT_MARKER
-from data.synth import shapes
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# vatt_test at a tiny input size, deterministic: no workers, dropout 0 (vatt_test), DropToken on.
-TINY = [
-    "model.name=vatt_test",
-    "batch_size=8",
-    "data.num_workers=0",
-    "data.vocab_size=64",
-    "preprocess.num_frames=4",
-    "preprocess.fps=2.5",
-    "preprocess.image_size=32",
-    "preprocess.resize_size=36",
-    "preprocess.sample_rate=1600",
-    "preprocess.max_text_len=24",
-    "preprocess.num_positives=3",
-    "optim.lr=1e-3",
-    "optim.warmup_steps=2",
-    "log_every=1",
-    "eval.every=0",
-    "eval.clips_per_video=2",
-    "eval.batch_size=8",
-]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shapes")
-    return shapes.generate(out, num_train=16, num_val=8, seed=0, workers=1, progress=False)
+from tests.conftest import PRETRAIN_TINY, ROOT, run_launcher, run_python
 
 
 def _data_args(corpus: Path) -> list[str]:
     return [f"data.train_manifests=[{corpus / 'train.jsonl'}]", f"data.val_manifest={corpus / 'val.jsonl'}"]
-
-
-def _run(args: list[str], env: dict | None = None, launcher: list[str] | None = None, timeout: int = 600):
-    cmd = (launcher or [sys.executable]) + ["pretrain.py", *args]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
 
 
 def _losses(run: Path) -> dict[int, float]:
@@ -63,9 +27,10 @@ def _losses(run: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_resume_is_exact(corpus, tmp_path):
+def test_resume_is_exact(shapes_corpus, tmp_path):
+    common = [*PRETRAIN_TINY, *_data_args(shapes_corpus), "max_steps=6", "save_every=3"]
     full = tmp_path / "full"
-    _run([*TINY, *_data_args(corpus), "max_steps=6", "save_every=3", "keep_states=5", f"output_dir={full}"])
+    run_launcher("pretrain.py", [*common, "keep_states=5", f"output_dir={full}"])
     reference = _losses(full)
     assert sorted(reference) == [1, 2, 3, 4, 5, 6]
     assert (full / "metrics_final.json").exists() and (full / "curves.png").exists()
@@ -76,7 +41,7 @@ def test_resume_is_exact(corpus, tmp_path):
     shutil.copytree(full / "states" / "step-00000003", resumed / "states" / "step-00000003")
     for name in ("tokenizer.model", "config.yaml", OUTPUT_MARKER):
         shutil.copy(full / name, resumed / name)
-    _run([*TINY, *_data_args(corpus), "max_steps=6", "save_every=3", f"output_dir={resumed}"])
+    run_launcher("pretrain.py", [*common, f"output_dir={resumed}"])
     again = _losses(resumed)
     assert sorted(again) == [4, 5, 6]
     for step in (4, 5, 6):
@@ -84,9 +49,10 @@ def test_resume_is_exact(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_state_and_exits_cleanly(corpus, tmp_path):
+def test_sigterm_saves_a_state_and_exits_cleanly(shapes_corpus, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "pretrain.py", *TINY, *_data_args(corpus), "max_steps=100000", f"output_dir={run}"]
+    cmd = [sys.executable, "pretrain.py", *PRETRAIN_TINY, *_data_args(shapes_corpus)]
+    cmd += ["max_steps=100000", f"output_dir={run}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
@@ -101,14 +67,19 @@ def test_sigterm_saves_a_state_and_exits_cleanly(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_double_batch(corpus, tmp_path):
-    common = [*TINY, *_data_args(corpus), "max_steps=4", "save_every=100"]
+def test_two_processes_match_one_process_with_double_batch(shapes_corpus, tmp_path):
+    common = [*PRETRAIN_TINY, *_data_args(shapes_corpus), "max_steps=4", "save_every=100"]
     one = tmp_path / "one"
-    _run([*common, f"output_dir={one}"])
+    run_launcher("pretrain.py", [*common, f"output_dir={one}"])
     two = tmp_path / "two"
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2", "--master_port=29531"]
-    _run([*common, f"output_dir={two}", f"data.tokenizer={one / 'tokenizer.model'}"], env=env, launcher=torchrun)
+    run_launcher(
+        "pretrain.py",
+        [*common, f"output_dir={two}", f"data.tokenizer={one / 'tokenizer.model'}"],
+        env=env,
+        launcher=torchrun,
+    )
     a, b = _losses(one), _losses(two)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     # float32 reductions run in another order (gradients averaged over processes), so Adam's updates
@@ -119,7 +90,7 @@ def test_two_processes_match_one_process_with_double_batch(corpus, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["vatt_bbs", "vatt_mbs", "vatt_lbs", "vatt_ma_medium"])
-def test_paper_configs_run_two_steps_at_reduced_input(name, corpus, tmp_path):
+def test_paper_configs_run_two_steps_at_reduced_input(name, shapes_corpus, tmp_path):
     run = tmp_path / name
     reduced = [
         "max_steps=2",
@@ -135,15 +106,18 @@ def test_paper_configs_run_two_steps_at_reduced_input(name, corpus, tmp_path):
         "log_every=1",
         "save_every=0",  # no multi-GB optimizer states on disk
     ]
-    _run(["--config", f"configs/pretrain/{name}.yaml", *_data_args(corpus), *reduced, f"output_dir={run}"])
+    run_launcher(
+        "pretrain.py",
+        ["--config", f"configs/pretrain/{name}.yaml", *_data_args(shapes_corpus), *reduced, f"output_dir={run}"],
+    )
     resolved = (run / "config.yaml").read_text()
     assert f"name: {name}" in resolved and "batch_size: 2" in resolved
     assert sorted(_losses(run)) == [1, 2]
 
 
 @pytest.mark.slow
-def test_corrupt_file_is_skipped_and_counted(corpus, tmp_path):
-    lines = (corpus / "train.jsonl").read_text().splitlines()
+def test_corrupt_file_is_skipped_and_counted(shapes_corpus, tmp_path):
+    lines = (shapes_corpus / "train.jsonl").read_text().splitlines()
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"this is not a video")
     entry = json.loads(lines[0])
@@ -151,18 +125,19 @@ def test_corrupt_file_is_skipped_and_counted(corpus, tmp_path):
     manifest = tmp_path / "train.jsonl"
     rows = [json.loads(x) for x in lines]
     for r in rows:
-        r["media"] = str(corpus / r["media"])
+        r["media"] = str(shapes_corpus / r["media"])
     manifest.write_text("\n".join(json.dumps(r) for r in [entry, *rows]) + "\n")
     run = tmp_path / "run"
-    out = _run(
+    out = run_launcher(
+        "pretrain.py",
         [
-            *TINY,
+            *PRETRAIN_TINY,
             f"data.train_manifests=[{manifest}]",
-            f"data.val_manifest={corpus / 'val.jsonl'}",
+            f"data.val_manifest={shapes_corpus / 'val.jsonl'}",
             "data.max_fail_fraction=0.5",
             "max_steps=3",
             f"output_dir={run}",
-        ]
+        ],
     )
     assert str(bad) in out.stderr
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -186,14 +161,14 @@ def _logged_steps(run: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_resume_is_exact(corpus, tmp_path):
+def test_sigkill_at_random_moments_then_resume_is_exact(shapes_corpus, tmp_path):
     """Ten SIGKILLs at random moments (some during a save), a resume after each: the losses of the
     uninterrupted run step for step, every step logged once, no temp folder left."""
     import random
 
-    common = [*TINY, *_data_args(corpus), "max_steps=24", "save_every=2", "keep_states=2"]
+    common = [*PRETRAIN_TINY, *_data_args(shapes_corpus), "max_steps=24", "save_every=2", "keep_states=2"]
     full = tmp_path / "full"
-    _run([*common, f"output_dir={full}"])
+    run_launcher("pretrain.py", [*common, f"output_dir={full}"])
     reference = _losses(full)
 
     run = tmp_path / "killed"
@@ -225,7 +200,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(corpus, tmp_path):
             break  # the run finished before the kill
         kills += 1
     assert kills >= 8 and during_save >= 1, (kills, during_save)
-    _run(cmd[2:])
+    run_launcher("pretrain.py", cmd[2:])
     again = _losses(run)
     assert sorted(again) == sorted(reference) == list(range(1, 25))
     for step in reference:
@@ -245,14 +220,16 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(corpus, tmp_path):
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(shapes_corpus, tmp_path):
     import psutil
 
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2"]
-    common = [*TINY, *_data_args(corpus), "max_steps=10", "save_every=0"]
+    common = [*PRETRAIN_TINY, *_data_args(shapes_corpus), "max_steps=10", "save_every=0"]
     full = tmp_path / "full"
-    _run([*common, f"output_dir={full}"], env=env, launcher=[*torchrun, f"--master_port={_free_port()}"])
+    run_launcher(
+        "pretrain.py", [*common, f"output_dir={full}"], env=env, launcher=[*torchrun, f"--master_port={_free_port()}"]
+    )
     reference = _losses(full)
 
     run = tmp_path / "run"
@@ -277,7 +254,9 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(corpus, tmp_path
     assert states == [f"step-{stopped[0]:08d}"]
     assert max(_steps(run)) <= stopped[0]
 
-    _run([*common, f"output_dir={run}"], env=env, launcher=[*torchrun, f"--master_port={_free_port()}"])
+    run_launcher(
+        "pretrain.py", [*common, f"output_dir={run}"], env=env, launcher=[*torchrun, f"--master_port={_free_port()}"]
+    )
     again = _losses(run)
     assert sorted(again) == sorted(reference)
     for step in reference:
@@ -292,10 +271,8 @@ def test_a_run_where_every_clip_is_bad_exits_non_zero(tmp_path):
         "".join(json.dumps({"media": str(bad), "id": f"b{i}", "captions": ["x y"]}) + "\n" for i in range(8))
     )
     run = tmp_path / "run"
-    cmd = [sys.executable, "pretrain.py", *TINY, f"data.train_manifests=[{manifest}]", f"data.val_manifest={manifest}"]
-    out = subprocess.run(
-        [*cmd, "max_steps=2", f"output_dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    args = [*PRETRAIN_TINY, f"data.train_manifests=[{manifest}]", f"data.val_manifest={manifest}"]
+    out = run_python(["pretrain.py", *args, "max_steps=2", f"output_dir={run}"], timeout=300)
     assert out.returncode != 0
     assert "Traceback" not in out.stderr and "failed to decode" in out.stderr, out.stderr[-2000:]
     assert not (run / "export").exists() and not (run / "metrics_final.json").exists()
@@ -313,13 +290,7 @@ def test_a_run_where_every_clip_is_bad_exits_non_zero(tmp_path):
 )
 def test_bad_config_values_stop_before_any_work(override, named, tmp_path):
     run = tmp_path / "run"
-    out = subprocess.run(
-        [sys.executable, "pretrain.py", override, f"output_dir={run}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_python(["pretrain.py", override, f"output_dir={run}"], timeout=120)
     assert out.returncode != 0
     lines = [x for x in out.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and named in lines[0], out.stderr[-2000:]
@@ -327,10 +298,17 @@ def test_bad_config_values_stop_before_any_work(override, named, tmp_path):
 
 
 @pytest.mark.slow
-def test_save_every_zero_runs_to_the_end_and_tensorboard_gets_the_metrics(corpus, tmp_path):
+def test_save_every_zero_runs_to_the_end_and_tensorboard_gets_the_metrics(shapes_corpus, tmp_path):
     run = tmp_path / "run"
-    args = [*TINY, *_data_args(corpus), "max_steps=3", "save_every=0", "report_to=tensorboard", f"output_dir={run}"]
-    _run(args)
+    args = [
+        *PRETRAIN_TINY,
+        *_data_args(shapes_corpus),
+        "max_steps=3",
+        "save_every=0",
+        "report_to=tensorboard",
+        f"output_dir={run}",
+    ]
+    run_launcher("pretrain.py", args)
     assert (run / "metrics_final.json").exists() and (run / "curves.png").exists()
     assert not (run / "states").exists() or not any((run / "states").iterdir())
     events = list((run / "trackers").rglob("events.out.tfevents*"))

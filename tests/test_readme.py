@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import wave
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import torch
 
 import avsr
 import vatt
-from data.lrs2 import LRS2Config, LRS2Dataset, collate_lrs2
+from data.lrs2 import LRS2Dataset, collate_lrs2
 from data.synth.mediawriter import write_mp4
-from data.tokenizer import Tokenizer, train_tokenizer
-from data.transforms import PreprocessConfig
+from data.tokenizer import train_tokenizer
 from eval import api
 from eval import lrs2 as lrs2_eval
 from eval.embed import embed_texts
@@ -31,9 +29,8 @@ from eval.index import FingerprintMismatchError
 from eval.retrieval import evaluate_retrieval
 from eval.search import search
 from eval.vatt_export import load_vatt_export
-from train.export import save_export
+from tests.conftest import ROOT, run_python, save_tiny_avsr_export, save_tiny_vatt_export, write_lrs2_clip
 
-ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
 # The LRS2 clip the README transcribes, and a second one of the same split.
@@ -71,14 +68,7 @@ def run_blocks(blocks: list[tuple[int, str]], cwd: Path, name: str = "README.md"
     spec = cwd / "readme_blocks.json"
     spec.write_text(json.dumps(blocks))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-c", RUNNER, str(spec), name],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_python(["-c", RUNNER, str(spec), name], env=env, cwd=cwd, timeout=600)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -113,45 +103,11 @@ def _shapes(root: Path) -> Path:
     return root / "val.jsonl"
 
 
-def _vatt_export(path: Path, tok: Path, seed: int = 0) -> Path:
-    pp = PreprocessConfig(num_frames=4, fps=5.0, image_size=32, resize_size=32, sample_rate=8000, max_text_len=8)
-    overrides = {
-        "num_frames": pp.num_frames,
-        "image_size": pp.image_size,
-        "audio_samples": pp.audio_samples,
-        "max_text_len": pp.max_text_len,
-        "vocab_size": Tokenizer(tok).vocab_size,
-    }
-    torch.manual_seed(seed)
-    model = vatt.create_model("vatt_test", **overrides)
-    return save_export(
-        path,
-        kind="vatt",
-        model_name="vatt_test",
-        overrides=overrides,
-        state_dict=model.state_dict(),
-        preprocess=pp.to_dict(),
-        tokenizer_file=tok,
-    )
-
-
 def _lrs2(root: Path) -> Path:
     """An LRS2 test split of face-tracked 160x160 clips at 25 fps with 16 kHz audio, and landmark files."""
     rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:160, 0:160]
     for clip_id, (frames, text) in CLIPS.items():
-        base = root / "mvlrs_v1" / "main" / clip_id
-        base.parent.mkdir(parents=True, exist_ok=True)
-        video = np.zeros((frames, 160, 160, 3), np.uint8)
-        for t in range(frames):  # a mouth-like blob opening and closing over a smooth face
-            r = 10 + 8 * abs(np.sin(t / 3 + len(text)))
-            blob = ((x - 80) / 24) ** 2 + ((y - 112) / r) ** 2 < 1
-            video[t] = (60 + 0.5 * x + 0.2 * y - 50 * blob)[..., None].astype(np.uint8)
-        audio = (0.2 * rng.standard_normal(frames * 640) * np.sin(np.arange(frames * 640) / 300) ** 2).astype(
-            np.float32
-        )
-        write_mp4(base.with_suffix(".mp4"), video, 25.0, audio, 16000)
-        base.with_suffix(".txt").write_text(f"Text:  {text}\nConf:  5\n")
+        write_lrs2_clip(root, clip_id, frames, text, rng)
         marks = root / "landmarks" / f"{clip_id}.npy"  # 68 iBUG points, the mouth drifting right
         marks.parent.mkdir(parents=True, exist_ok=True)
         points = np.zeros((frames, 68, 2))
@@ -164,24 +120,6 @@ def _lrs2(root: Path) -> Path:
     return root
 
 
-def _avsr_export(path: Path) -> Path:
-    tokens = avsr.TokenSet.characters()
-    overrides = {"vocab_size": tokens.vocab_size, "modalities": "av"}
-    torch.manual_seed(0)
-    model = avsr.create_model("avsr_test", **overrides)
-    with torch.no_grad():  # a confident CTC head, so that random weights still emit characters
-        model.ctc_head.bias[0] -= 3.0
-    return save_export(
-        path,
-        kind="avsr",
-        model_name="avsr_test",
-        overrides=overrides,
-        state_dict=model.state_dict(),
-        preprocess=LRS2Config(root="", resize=20, crop=16).preprocess(),
-        extra={"tokens": tokens.to_dict()},
-    )
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding every path the README's Python blocks name."""
@@ -190,7 +128,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok = train_tokenizer(
         [c for line in manifest.read_text().splitlines() for c in json.loads(line)["captions"]], 40, ws / "tok.model"
     )
-    export = _vatt_export(ws / "runs" / "demo" / "export", tok)
+    export = save_tiny_vatt_export(ws / "runs" / "demo" / "export", seed=0, tokenizer=tok)
     exp = load_vatt_export(export)
     evaluate_retrieval(
         exp.model,
@@ -205,7 +143,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     s = np.arange(8000 * 2) / 8000
     _wav(ws / "sound.wav", 0.3 * np.sin(2 * np.pi * 300 * s), 8000)
     _lrs2(ws / "lrs2")
-    _avsr_export(ws / "runs" / "avsr" / "export")
+    save_tiny_avsr_export(ws / "runs" / "avsr" / "export")
     return ws
 
 
@@ -306,7 +244,7 @@ def test_vatt_and_index_agree_with_the_tools(workspace):
     ref = search(index_dir, audio=workspace / "videos" / "v1.mp4", k=4, export=exp)
     assert [h.id for h in got] == [h.id for h in ref]
     # An export with other weights is refused, before any query.
-    other = _vatt_export(workspace / "other_export", workspace / "tok.model", seed=1)
+    other = save_tiny_vatt_export(workspace / "other_export", seed=1, tokenizer=workspace / "tok.model")
     with pytest.raises(FingerprintMismatchError):
         api.load_index(index_dir, vatt=other)
 

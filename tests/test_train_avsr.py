@@ -16,50 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 import avsr
-import vatt
 from data.files import OUTPUT_MARKER
-from data.synth import speech
-from data.transforms import PreprocessConfig
 from eval.lrs2 import load_avsr_export
+from tests.conftest import AVSR_TINY, ROOT, run_launcher, run_python, save_tiny_vatt_export
 from train.export import read_export, save_export
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# avsr_test on 16x16 mouth crops, two utterances a step, no workers (deterministic on a CPU).
-TINY = [
-    "model.name=avsr_test",
-    "data.num_workers=0",
-    "data.max_frames=200",
-    "preprocess.resize=20",
-    "preprocess.crop=16",
-    "optim.lr=2e-3",
-    "optim.warmup_steps=2",
-    "log_every=1",
-    "save_every=100",
-    "eval.max_utterances=2",
-]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = speech.SpeechCorpusConfig(
-        out=str(tmp_path_factory.mktemp("speech")),
-        speakers=3,
-        utterances=3,
-        val_speakers=1,
-        test_speakers=1,
-        workers=1,
-        pretrain=False,
-    )
-    return speech.generate(cfg, progress=False)
-
-
-def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "train_avsr.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
 
 
 def _records(run: Path) -> list[dict]:
@@ -73,21 +33,22 @@ def _losses(run: Path) -> dict[int, float]:
 @pytest.mark.parametrize(
     "modality", ["a", pytest.param("v", marks=pytest.mark.slow), pytest.param("av", marks=pytest.mark.slow)]
 )
-def test_each_modality_trains_and_writes_an_export(corpus, tmp_path, modality):
+def test_each_modality_trains_and_writes_an_export(speech_corpus, tmp_path, modality):
     run = tmp_path / modality
     steps = 6 if modality == "a" else 2  # audio steps are cheap: long enough to see the loss fall
     evals = "[av,a,v]" if modality == "av" else "[]"
     schedule = "optim.schedule=constant" if modality == "a" else "optim.schedule=cosine"
-    _run(
+    run_launcher(
+        "train_avsr.py",
         [
-            *TINY,
-            f"data.root={corpus}",
+            *AVSR_TINY,
+            f"data.root={speech_corpus}",
             f"model.modalities={modality}",
             f"max_steps={steps}",
             f"eval.modalities={evals}",
             schedule,
             f"output_dir={run}",
-        ]
+        ],
     )
     losses = _losses(run)
     assert sorted(losses) == list(range(1, steps + 1))
@@ -110,13 +71,13 @@ def test_each_modality_trains_and_writes_an_export(corpus, tmp_path, modality):
 
 
 @pytest.mark.slow
-def test_resume_is_exact(corpus, tmp_path):
+def test_resume_is_exact(speech_corpus, tmp_path):
     # Audio-visual: modality dropout and dropout draw random numbers, so the RNG state must resume too; the
     # training noise is drawn per utterance from the item's seed.
-    common = [*TINY, f"data.root={corpus}", "model.modalities=av", "eval.modalities=[av]", "max_steps=4"]
+    common = [*AVSR_TINY, f"data.root={speech_corpus}", "model.modalities=av", "eval.modalities=[av]", "max_steps=4"]
     common += ["save_every=2", "keep_states=5", "data.noise.kind=white", "data.noise.prob=1.0"]
     full = tmp_path / "full"
-    _run([*common, f"output_dir={full}"])
+    run_launcher("train_avsr.py", [*common, f"output_dir={full}"])
     reference = _losses(full)
     assert sorted(reference) == [1, 2, 3, 4]
     # A run that stopped after step 2: a directory holding only what existed at that point.
@@ -124,7 +85,7 @@ def test_resume_is_exact(corpus, tmp_path):
     shutil.copytree(full / "states" / "step-00000002", resumed / "states" / "step-00000002")
     for name in ("config.yaml", OUTPUT_MARKER):
         shutil.copy(full / name, resumed / name)
-    out = _run([*common, f"output_dir={resumed}"])
+    out = run_launcher("train_avsr.py", [*common, f"output_dir={resumed}"])
     assert "resumed from" in out.stderr
     again = _losses(resumed)
     assert sorted(again) == [3, 4]
@@ -134,33 +95,17 @@ def test_resume_is_exact(corpus, tmp_path):
 
 @pytest.fixture(scope="module")
 def vatt_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pp = PreprocessConfig(num_frames=4, fps=5.0, image_size=32, resize_size=32, sample_rate=8000, max_text_len=8)
-    overrides = {
-        "num_frames": pp.num_frames,
-        "image_size": pp.image_size,
-        "audio_samples": pp.audio_samples,
-        "max_text_len": pp.max_text_len,
-        "vocab_size": 100,
-    }
-    torch.manual_seed(3)
-    model = vatt.create_model("vatt_test", **overrides)
-    return save_export(
-        tmp_path_factory.mktemp("vatt") / "export",
-        kind="vatt",
-        model_name="vatt_test",
-        overrides=overrides,
-        state_dict=model.state_dict(),
-        preprocess=pp.to_dict(),
-    )
+    return save_tiny_vatt_export(tmp_path_factory.mktemp("vatt") / "export", seed=3, vocab_size=100)
 
 
 @pytest.mark.slow
-def test_vatt_towers_initialise_frozen_front_ends_and_sentencepiece_units(corpus, vatt_export, tmp_path):
+def test_vatt_towers_initialise_frozen_front_ends_and_sentencepiece_units(speech_corpus, vatt_export, tmp_path):
     run = tmp_path / "run"
-    out = _run(
+    out = run_launcher(
+        "train_avsr.py",
         [
-            *TINY,
-            f"data.root={corpus}",
+            *AVSR_TINY,
+            f"data.root={speech_corpus}",
             "model.modalities=av",
             "eval.modalities=[av]",
             f"init.vatt_export={vatt_export}",
@@ -169,13 +114,13 @@ def test_vatt_towers_initialise_frozen_front_ends_and_sentencepiece_units(corpus
             "units.kind=sentencepiece",
             "units.vocab_size=40",
             "data.noise.kind=babble",  # from the corpus's own clips, val and test excluded
-            f"data.noise.babble_dir={corpus / 'mvlrs_v1' / 'main'}",
+            f"data.noise.babble_dir={speech_corpus / 'mvlrs_v1' / 'main'}",
             "data.noise.talkers=2",
             "max_steps=3",
             "save_every=2",
             "keep_states=5",
             f"output_dir={run}",
-        ]
+        ],
     )
     towers = read_export(vatt_export).state_dict
     frozen = load_file(str(run / "states" / "step-00000002" / "model.safetensors"))
@@ -288,9 +233,9 @@ def test_audio_visual_model_starts_from_audio_only_and_visual_only_exports(tmp_p
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_state_and_exits_cleanly(corpus, tmp_path):
+def test_sigterm_saves_a_state_and_exits_cleanly(speech_corpus, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "train_avsr.py", *TINY, f"data.root={corpus}", "model.modalities=a"]
+    cmd = [sys.executable, "train_avsr.py", *AVSR_TINY, f"data.root={speech_corpus}", "model.modalities=a"]
     cmd += ["max_steps=100000", f"output_dir={run}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -325,13 +270,7 @@ def test_bad_config_fails_with_one_line_naming_the_key(tmp_path, arg, needle):
 
 
 def test_bad_config_key_as_a_process(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "train_avsr.py", "data.max_frame=10", f"output_dir={tmp_path / 'run'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_python(["train_avsr.py", "data.max_frame=10", f"output_dir={tmp_path / 'run'}"], timeout=120)
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("train_avsr.py: ") and "data.max_frame" in out.stderr
 
@@ -351,10 +290,10 @@ def test_every_config_parses_and_names_its_launch_command():
 
 
 @pytest.mark.slow
-def test_lrs2_recipe_runs_a_step_at_reduced_size(corpus, tmp_path):
+def test_lrs2_recipe_runs_a_step_at_reduced_size(speech_corpus, tmp_path):
     run = tmp_path / "lrs2"
     reduced = [
-        f"data.root={corpus}",
+        f"data.root={speech_corpus}",
         "data.train_splits=[train]",
         "data.max_frames=200",
         "data.max_length=null",
@@ -368,17 +307,24 @@ def test_lrs2_recipe_runs_a_step_at_reduced_size(corpus, tmp_path):
         "max_steps=1",
         "log_every=1",
     ]
-    _run(["--config", "configs/avsr/lrs2_conformer_base.yaml", *reduced, f"output_dir={run}"])
+    run_launcher("train_avsr.py", ["--config", "configs/avsr/lrs2_conformer_base.yaml", *reduced, f"output_dir={run}"])
     model, tokens, export = load_avsr_export(run / "export")
     assert export.model_name == "avsr_conformer_base" and model.cfg.embed_dim == 768 and model.cfg.depth == 1
     assert tokens.kind == "sentencepiece" and sorted(_losses(run)) == [1]
 
 
 @pytest.mark.slow
-def test_save_every_zero_runs_to_the_end_and_tensorboard_gets_the_metrics(corpus, tmp_path):
+def test_save_every_zero_runs_to_the_end_and_tensorboard_gets_the_metrics(speech_corpus, tmp_path):
     run = tmp_path / "run"
-    args = [*TINY, f"data.root={corpus}", "model.modalities=a", "max_steps=3", "save_every=0", "eval.every=0"]
-    _run([*args, "report_to=tensorboard", f"output_dir={run}"])
+    args = [
+        *AVSR_TINY,
+        f"data.root={speech_corpus}",
+        "model.modalities=a",
+        "max_steps=3",
+        "save_every=0",
+        "eval.every=0",
+    ]
+    run_launcher("train_avsr.py", [*args, "report_to=tensorboard", f"output_dir={run}"])
     assert json.loads((run / "metrics_final.json").read_text())["step"] == 3 and (run / "curves.png").exists()
     assert not (run / "states").exists() or not any((run / "states").iterdir())
     events = list((run / "trackers").rglob("events.out.tfevents*"))

@@ -2,13 +2,14 @@
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
+
 pytestmark = pytest.mark.usefixtures("single_threaded_faiss")
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "retrieval.py"
+BENCH = ROOT / "bench" / "retrieval.py"
 
 
 def load_bench():

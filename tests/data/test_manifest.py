@@ -6,8 +6,6 @@ import dataclasses
 import json
 import logging
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,7 @@ from data.manifest import (
 from data.schema import ConfigError
 from data.tokenizer import Tokenizer, train_tokenizer
 from data.transforms import AudioTransform, PreprocessConfig, VideoTransform
+from tests.conftest import run_python
 from tests.data.conftest import GREY_FPS, grey_level
 
 # Six timed captions, 2 s each, on a 12 s timeline; plus one entry with untimed captions.
@@ -512,13 +511,7 @@ print(json.dumps({"limit": limit, "cached": cached, "keys": len(ds._decoded), "s
 def test_prefill_with_workers_under_a_low_open_file_limit(tmp_path):
     """More clips than the process may open files: worker results must not hold a descriptor per clip."""
     clips = 300
-    done = subprocess.run(
-        [sys.executable, "-c", _PREFILL_UNDER_A_LOW_FD_LIMIT, str(tmp_path), str(clips)],
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_python(["-c", _PREFILL_UNDER_A_LOW_FD_LIMIT, str(tmp_path), str(clips)], timeout=120)
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"limit": 256, "cached": clips, "keys": clips, "same": True}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,8 @@ from data.synth import speech
 from data.synth.espeak import Espeak, Voice
 from data.synth.face import MOUTH_CENTRE, Motion, random_appearance, render
 from data.synth.visemes import Articulation, known_phoneme, trajectory, visemes_for
+from tests.conftest import run_python
 
-ROOT = Path(__file__).resolve().parents[2]
 GRID_WORDS = {w for slot in speech.GRID_SLOTS for w in slot}
 
 
@@ -225,9 +223,9 @@ def test_resume_rewrites_only_what_is_missing(tmp_path):
 @pytest.mark.slow  # starts two worker processes (each imports torch)
 def test_cli_with_worker_processes(tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "data.synth.speech", "--out", str(out), "--speakers", "3", "--utterances", "1",
+    cmd = ["-m", "data.synth.speech", "--out", str(out), "--speakers", "3", "--utterances", "1",
            "--val-speakers", "1", "--test-speakers", "1", "--workers", "2", "--seed", "3"]  # fmt: skip
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = run_python(cmd, timeout=300)
     assert run.returncode == 0, run.stderr
     assert (out / speech.MARKER).exists()
     assert len(list((out / "mvlrs_v1" / "main").rglob("*.mp4"))) == 3

@@ -5,9 +5,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import sentencepiece as spm
@@ -15,8 +12,7 @@ import torch
 
 from data.tokenizer import PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 from data.tokenizer import main as tokenizer_main
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import run_python
 
 CAPTIONS = [
     "a red circle moves to the left",
@@ -110,8 +106,8 @@ def test_cli_trains_from_manifest(tmp_path):
     ]
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "cli.model"
-    cmd = [sys.executable, "-m", "data.tokenizer", "train", "--manifest", str(manifest), "--vocab-size", "60"]
-    run = subprocess.run(cmd + ["--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    cmd = ["-m", "data.tokenizer", "train", "--manifest", str(manifest), "--vocab-size", "60"]
+    run = run_python(cmd + ["--out", str(out)])
     assert run.returncode == 0, run.stderr
     tok = Tokenizer(out)
     assert tok.decode(tok.encode(CAPTIONS[1])) == CAPTIONS[1]

@@ -8,15 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-import vatt
 from data.synth.mediawriter import write_mp4
 from data.tokenizer import train_tokenizer
-from data.transforms import PreprocessConfig
-from train.export import save_export
+from tests.conftest import save_tiny_vatt_export
 
-SR = 8000
+SR = 8000  # the sample rate of the export (tiny_vatt_preprocess in tests/conftest.py)
 FPS = 10.0
 NUM_FRAMES = 16  # 1.6 s per video: four 0.8 s clips at different offsets
 
@@ -34,10 +31,6 @@ VIDEOS = [
 @pytest.fixture(autouse=True, scope="session")
 def _tiny_indexes(single_threaded_faiss):
     """Every test here builds or searches tiny FAISS indexes (see tests/conftest.py)."""
-
-
-def preprocess() -> PreprocessConfig:
-    return PreprocessConfig(num_frames=4, fps=5.0, image_size=32, resize_size=32, sample_rate=SR, max_text_len=8)
 
 
 def write_video(path: Path, rgb: tuple[int, int, int], tone: float | None, seed: int) -> Path:
@@ -64,29 +57,6 @@ class Corpus:
     other_export: Path  # the same architecture with other weights
 
 
-def make_export(path: Path, tok: Path, pp: PreprocessConfig, seed: int) -> Path:
-    from data.tokenizer import Tokenizer
-
-    overrides = {
-        "num_frames": pp.num_frames,
-        "image_size": pp.image_size,
-        "audio_samples": pp.audio_samples,
-        "max_text_len": pp.max_text_len,
-        "vocab_size": Tokenizer(tok).vocab_size,
-    }
-    torch.manual_seed(seed)
-    model = vatt.create_model("vatt_test", **overrides)
-    return save_export(
-        path,
-        kind="vatt",
-        model_name="vatt_test",
-        overrides=overrides,
-        state_dict=model.state_dict(),
-        preprocess=pp.to_dict(),
-        tokenizer_file=tok,
-    )
-
-
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     root = tmp_path_factory.mktemp("retrieval_corpus")
@@ -99,7 +69,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     manifest = root / "val.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     tok = train_tokenizer([c for *_, caps in VIDEOS for c in caps], 40, root / "tok.model")
-    pp = preprocess()
-    export = make_export(root / "export", tok, pp, seed=0)
-    other = make_export(root / "other_export", tok, pp, seed=1)
+    export = save_tiny_vatt_export(root / "export", seed=0, tokenizer=tok)
+    other = save_tiny_vatt_export(root / "other_export", seed=1, tokenizer=tok)
     return Corpus(root, manifest, videos, export, other)

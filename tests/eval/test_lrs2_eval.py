@@ -5,24 +5,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import avsr
 from avsr.decoding import beam_search, greedy_ctc
 from data.lrs2 import LRS2Config, LRS2Dataset, read_split, read_transcript
-from data.synth.mediawriter import write_mp4
 from eval import lrs2 as lrs2_eval
 from eval.wer import error_rates
-from train.export import save_export
+from tests.conftest import run_python, save_tiny_avsr_export, write_lrs2_clip
 
-ROOT = Path(__file__).resolve().parents[2]
-SR, FPS = 16000, 25.0
+FPS = 25.0  # of the LRS2 clips (tests/conftest.py write_lrs2_clip)
 
 # (split, clip id, frames, text): LRS2 conventions (upper case, apostrophes, digits), varied lengths.
 CLIPS = [
@@ -40,27 +35,11 @@ def write_corpus(root: Path) -> Path:
     rng = np.random.default_rng(0)
     splits: dict[str, list[str]] = {"pretrain": [], "train": [], "val": [], "test": []}
     for split, clip_id, frames, text in CLIPS:
-        base = root / "mvlrs_v1" / "main" / clip_id
-        base.parent.mkdir(parents=True, exist_ok=True)
-        y, x = np.mgrid[0:160, 0:160]
-        video = np.zeros((frames, 160, 160, 3), np.uint8)
-        for t in range(frames):  # a mouth-like blob opening and closing over a smooth face
-            r = 10 + 8 * abs(np.sin(t / 3 + len(text)))
-            blob = ((x - 80) / 24) ** 2 + ((y - 112) / r) ** 2 < 1
-            video[t] = (60 + 0.5 * x + 0.2 * y - 50 * blob)[..., None].astype(np.uint8)
-        audio = (0.2 * rng.standard_normal(frames * 640) * np.sin(np.arange(frames * 640) / 300) ** 2).astype(
-            np.float32
-        )
-        write_mp4(base.with_suffix(".mp4"), video, FPS, audio, SR)
-        base.with_suffix(".txt").write_text(f"Text:  {text}\nConf:  5\n")
+        write_lrs2_clip(root, clip_id, frames, text, rng)
         splits[split].append(clip_id + (" NF" if split == "test" else ""))
     for split, lines in splits.items():
         (root / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines))
     return root
-
-
-def preprocess() -> LRS2Config:
-    return LRS2Config(root="", resize=20, crop=16)
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +49,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokens = avsr.TokenSet.characters()
-    overrides = {"vocab_size": tokens.vocab_size, "modalities": "av"}
-    torch.manual_seed(0)
-    model = avsr.create_model("avsr_test", **overrides)
-    with torch.no_grad():  # a confident CTC head so that greedy decoding emits characters, not only blanks
-        model.ctc_head.bias[0] -= 3.0
-    return save_export(
-        tmp_path_factory.mktemp("avsr_export") / "export",
-        kind="avsr",
-        model_name="avsr_test",
-        overrides=overrides,
-        state_dict=model.state_dict(),
-        preprocess=preprocess().preprocess(),
-        extra={"tokens": tokens.to_dict()},
-    )
+    return save_tiny_avsr_export(tmp_path_factory.mktemp("avsr_export") / "export")
 
 
 def run_cli(args: list[str], tmp_path: Path) -> tuple[dict, list[dict]]:
@@ -184,13 +149,7 @@ def test_missing_inputs_fail_with_one_line(corpus, export, tmp_path):
         message = str(err.value.code)
         assert message.startswith("eval.lrs2: ") and needle in message and "\n" not in message, message
     # As a process: exit status 1 and one line on stderr.
-    out = subprocess.run(
-        [sys.executable, "-m", "eval.lrs2", "--root", str(empty), "--export", str(export)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_python(["-m", "eval.lrs2", "--root", str(empty), "--export", str(export)], timeout=120)
     assert out.returncode == 1 and out.stderr.strip().count("\n") == 0 and "test.txt" in out.stderr
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import faiss
@@ -17,8 +15,7 @@ import pytest
 from data.files import OUTPUT_MARKER, OutputPathError
 from eval import curves, lrs2, retrieval, search
 from eval.index import RetrievalIndex
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import run_python
 
 
 def user_folder(path: Path) -> Path:
@@ -97,13 +94,7 @@ def test_curves_as_a_process_prints_one_line_and_no_traceback(tmp_path):
     run = metrics_run(tmp_path, [1.0])
     folder = user_folder(tmp_path / "figures")
     before = digest(folder)
-    proc = subprocess.run(
-        [sys.executable, "-m", "eval.curves", str(run), "--keys", "loss", "--out", str(folder)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_python(["-m", "eval.curves", str(run), "--keys", "loss", "--out", str(folder)], timeout=120)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"eval.curves: --out: {folder} ")
     assert digest(folder) == before

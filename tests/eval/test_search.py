@@ -1,9 +1,6 @@
 """The query tool: text, example-video and audio queries, contact sheets, and its refusals."""
 
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +13,7 @@ from eval.retrieval import evaluate_retrieval
 from eval.search import QueryError, main, search
 from eval.sheet import contact_sheet
 from eval.vatt_export import load_vatt_export
+from tests.conftest import run_python
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +137,7 @@ def test_missing_inputs_name_their_flag(built, tmp_path):
 
 def test_k_zero_as_a_process_is_one_line(built):
     _, index_dir, _ = built
-    proc = subprocess.run(
-        [sys.executable, "-m", "eval.search", "--index", str(index_dir), "blue", "-k", "0"],
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_python(["-m", "eval.search", "--index", str(index_dir), "blue", "-k", "0"], timeout=120)
     assert proc.returncode == 1 and proc.stderr == "eval.search: -k must be >= 1, got 0\n"
 
 

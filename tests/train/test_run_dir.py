@@ -3,7 +3,6 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from data.files import (
     check_output_path,
     is_ours,
 )
+from tests.conftest import run_python
 from train.metrics import MetricsLog
 from train.plots import plot_curves
 from train.run_dir import RunDirError, cpu_threads, open_run_dir
@@ -132,7 +132,7 @@ def test_atomic_path_replaces_its_own_folder_and_a_file(tmp_path):
 
 
 def test_temps_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = run_python(["-c", "import os; print(os.getpid())"])
     pid = int(dead.stdout)
     stale = [tmp_path / f".out.json.tmp-{pid}-x1", tmp_path / f".out.json.old-{pid}-2"]
     for p in stale:

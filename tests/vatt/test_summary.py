@@ -1,8 +1,6 @@
 """``python -m vatt.summary`` prints sizes beside the paper's numbers and rejects bad arguments."""
 
-import subprocess
-import sys
-
+from tests.conftest import run_python
 from vatt.summary import main, summarize
 
 
@@ -23,7 +21,7 @@ def test_summary_cli(capsys):
     assert main(["vatt_test", "-o", "num_frames=8"]) == 0
     out = capsys.readouterr().out
     assert "Table 7" in out and "vatt_test" in out and "Base" in out
-    bad = subprocess.run([sys.executable, "-m", "vatt.summary", "no_such"], capture_output=True, text=True)
+    bad = run_python(["-m", "vatt.summary", "no_such"])
     assert bad.returncode != 0 and "no_such" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "vatt.summary", "-o", "bogus=1"], capture_output=True, text=True)
+    bad = run_python(["-m", "vatt.summary", "-o", "bogus=1"])
     assert bad.returncode != 0 and "bogus" in bad.stderr
