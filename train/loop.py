@@ -218,7 +218,7 @@ class Trainer:
         setup_logging(main_process=self.accelerator.is_main_process)
         if self.accelerator.device.type == "cpu":
             torch.set_num_threads(cpu_threads(cfg.cpu_threads, self.accelerator.num_processes))
-        self.run_dir = Path()
+        self.run_dir, self.name = Path(), "train"
         self.start_step = 0
 
     @property
@@ -231,7 +231,7 @@ class Trainer:
         self.run_dir = open_shared_run_dir(
             self.accelerator, c.output_dir, config, resume=c.resume, overwrite=c.overwrite, prefix=prefix
         )
-        self.config = config
+        self.config, self.name = config, prefix
         return self.run_dir
 
     def prepare(
@@ -266,10 +266,10 @@ class Trainer:
         eval_every: int,
         unit: str,
         hooks: Hooks | None = None,
-        desc: str = "train",
     ) -> dict[str, Any] | None:
-        """Train to ``max_steps`` and finish the run; returns the final evaluation on the main process,
-        None elsewhere or when a signal stopped the run (its state is saved)."""
+        """Train to ``max_steps`` (the progress bar named after the run) and finish the run; returns the
+        final evaluation on the main process, None elsewhere or when a signal stopped the run (its state
+        is saved)."""
         c = self.cfg
         loop = LoopConfig(c.max_steps, c.grad_accum, grad_clip, c.log_every, c.save_every, eval_every, unit)
         parts = {"accelerator": self.accelerator, "states": self.states, "metrics": self.metrics}
@@ -277,7 +277,7 @@ class Trainer:
         self.model.train()
         step = train(
             loop, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, loader=loader,
-            step_fn=step_fn, hooks=hooks, desc=desc, **parts,
+            step_fn=step_fn, hooks=hooks, desc=self.name, **parts,
         )  # fmt: skip
         if step is None:
             return None
