@@ -185,4 +185,7 @@ def check_data(d: DataConfig, preprocess: Any) -> None:
     if right <= left or bottom <= top:
         raise ConfigError(f"config key 'preprocess.mouth_box': {list(preprocess.mouth_box)} is empty")
     if d.synth.val_speakers + d.synth.test_speakers >= d.synth.speakers:
-        raise ConfigError("config key 'data.synth.speakers': fewer than val_speakers + test_speakers + 1")
+        raise ConfigError(
+            "config keys 'data.synth.speakers', 'data.synth.val_speakers' and 'data.synth.test_speakers': "
+            f"{d.synth.speakers} leave none for training after {d.synth.val_speakers} + {d.synth.test_speakers}"
+        )

@@ -63,16 +63,16 @@ def parse_config(cls: type[T], argv: list[str]) -> T:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found; expected a YAML file")
+        raise ConfigError(f"--config: {str(path)!r} not found; expected a YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+        raise ConfigError(f"--config: {str(path)!r} is not valid UTF-8 YAML: {first}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"--config: {str(path)!r} must hold a mapping of keys, got {type(data).__name__}")
     return data
 
 

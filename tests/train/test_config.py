@@ -111,3 +111,11 @@ class WithFactory:
 def test_nested_override_keeps_section_defaults_from_factory():
     cfg = parse_config(WithFactory, ["pre.fps=25"])
     assert cfg.pre == Pre(size=64, fps=25.0)  # size stays the section's default, not the class default
+
+
+def test_a_config_file_that_is_not_utf8_yaml_is_one_line_naming_the_flag(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"max_steps: 3\nname: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"^--config: .*bad.yaml.* not valid UTF-8 YAML") as err:
+        parse_config(Run, ["--config", str(bad)])
+    assert "\n" not in str(err.value)
