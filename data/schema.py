@@ -32,8 +32,11 @@ def build(cls: type[T], values: dict[str, Any], prefix: str = "", base: Any = No
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if key not in fields:
+            given = next(iter(flatten(value, f"{dotted}."))) if isinstance(value, dict) and value else None
             raise ConfigError(
-                f"unknown config key {dotted!r} (value {value!r}); valid keys here: {', '.join(sorted(fields))}"
+                f"unknown config key {dotted!r}"
+                + (f" (given as {given!r})" if given else f" (value {value!r})")
+                + f"; valid keys here: {', '.join(sorted(fields))}"
             )
         tp = hints[key]
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
