@@ -165,14 +165,15 @@ def test_launchers_print_one_line_for_bad_overrides(script, tmp_path):
     @given(st.lists(_override(keys), min_size=1, max_size=2))
     def check(args: list[str]) -> None:
         assume(all(_typeable(a) for a in args))
+        argv = [f"output_dir={tmp_path / 'run'}", *args]  # the case's own output_dir, if any, comes after
         try:
-            cfg = parse_config(cls, args)
+            cfg = parse_config(cls, argv)
             (pretrain if script == "pretrain.py" else train_avsr).check_config(cfg)
         except ConfigError:
             pass
         else:
             return  # a valid config would start a run: the in-process property covers these
-        out = run_python([script, *args, f"output_dir={tmp_path / 'run'}"], timeout=120)
+        out = run_python([script, *argv], timeout=120)
         assert out.returncode != 0
         assert "Traceback" not in out.stderr, out.stderr[-2000:]
         lines = [x for x in out.stderr.splitlines() if x.strip()]
