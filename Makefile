@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 DEBIAN_PACKAGES := espeak-ng
 
-.PHONY: setup setup-gpu demo test test-fast bench lint clean
+.PHONY: setup setup-gpu demo downstream test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,13 @@ demo: $(STAMP)
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 	  pretrain.py output_dir=$(DEMO_RUN)
 	$(PY) -m eval.search --index $(DEMO_RUN)/index "$(DEMO_QUERY)" -k 5 --sheet $(DEMO_RUN)/query.png
+
+# The shapes and speech suites of the downstream harness on the newest demo export (or DEMO_EXPORT=...).
+DEMO_EXPORT ?= $(lastword $(sort $(wildcard runs/demo-*/export)))
+
+downstream: $(STAMP)
+	@test -n "$(DEMO_EXPORT)" || { echo "no runs/demo-*/export: run make demo first, or pass DEMO_EXPORT=RUN/export"; exit 1; }
+	$(PY) -m eval.downstream --export $(DEMO_EXPORT) --suite shapes --suite speech --out $(dir $(DEMO_EXPORT))downstream
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -24,6 +24,7 @@ SCRIPTS = {
     "vatt-shapes": "data.synth.shapes:main",
     "vatt-speech": "data.synth.speech:main",
     "vatt-tokenizer": "data.tokenizer:main",
+    "vatt-downstream": "eval.downstream.__main__:main",
 }
 
 

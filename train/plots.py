@@ -28,7 +28,7 @@ def series(records: list[dict[str, Any]], key: str) -> Series:
 
 
 def _is_eval(key: str) -> bool:
-    return "/R@" in key or key.startswith("val_wer")
+    return "/R@" in key or key.startswith("val_wer") or key.endswith("_accuracy")
 
 
 # Curated panels: which keys of the training and evaluation records each one draws.
@@ -38,6 +38,7 @@ CURATED: list[tuple[str, Callable[[str], bool]]] = [
     ("throughput (per s)", lambda k: k.endswith("_per_s") and k != "steps_per_s"),
     ("retrieval R@1 / R@10 (%)", lambda k: k.endswith("/R@1") or k.endswith("/R@10")),
     ("WER (%)", lambda k: k.startswith("val_wer_")),
+    ("accuracy (%)", lambda k: k.endswith("_accuracy")),
 ]
 
 
@@ -48,7 +49,7 @@ def curated_panels(records: list[dict[str, Any]]) -> list[Panel]:
     evals = [r for r in records if "lr" not in r and any(_is_eval(k) for k in r)]
     panels = []
     for title, wanted in CURATED:
-        source = evals if title.startswith(("retrieval", "WER")) else train
+        source = evals if title.startswith(("retrieval", "WER", "accuracy")) else train
         keys = sorted({k for r in source for k in r if wanted(k) and _number(r[k])})
         lines = [(k, series(source, k)) for k in keys]
         if any(s for _, s in lines):
