@@ -107,7 +107,8 @@ def _check_args(args: argparse.Namespace) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m eval.downstream", description=__doc__.splitlines()[0])
-    p.add_argument("--export", required=True, help="an export directory (RUN/export)")
+    p.add_argument("--export", default=None, help="an export directory (RUN/export)")
+    p.add_argument("--from-json", default=None, help="redraw the table and PNG of an earlier results.json")
     p.add_argument("--task", action="append", default=[], help="a task: shapes/video/shape, speech/kws, esc50, ...")
     p.add_argument("--suite", action="append", default=[], choices=SUITES, help="every task of a corpus")
     p.add_argument("--tower", default=None, help="video, audio or text (default: the task's first modality)")
@@ -134,7 +135,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     setup_logging()
     started = time.perf_counter()
+    if args.from_json:
+        redraw(args)
+        return
     try:
+        if not args.export:
+            raise ValueError("--export is required (or --from-json to redraw earlier results)")
         outputs = _check_args(args)
         inits = ("pretrained", "random") if args.init == "both" else (args.init,)
         cfg = harness.HarnessConfig(
@@ -168,6 +174,23 @@ def main(argv: list[str] | None = None) -> None:
         report.plot(rows, outputs["png"], title=f"{args.export}  ({meta['date']})")
     for path in outputs.values():
         log.info("wrote %s", path)
+
+
+def redraw(args: argparse.Namespace) -> None:
+    """The table (stdout, ``--markdown``) and the PNG (``--png``) of a results file written earlier."""
+    try:
+        for flag in ("png", "markdown"):
+            if getattr(args, flag):
+                check_output_path(getattr(args, flag), "file")
+        records, meta = report.read_json(args.from_json)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"eval.downstream: --from-json {args.from_json}: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+    rows = report.summarise(records)
+    print(report.markdown(rows))
+    if args.markdown:
+        report.write_markdown(rows, args.markdown)
+    if args.png:
+        report.plot(rows, args.png, title=f"{meta.get('export', '')}  ({meta.get('date', '')})")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ usual linear-probe protocol.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -217,19 +218,89 @@ def fit_linear(
     the learning rate listed first."""
     if not lrs or not wds:
         raise ValueError("fit_linear needs at least one learning rate and one weight decay")
-    grid: dict[tuple[float, float], float] = {}
-    best: ProbeResult | None = None
-    for wd in sorted(wds, reverse=True):  # strongest first: a later grid point must beat it strictly
-        for lr in lrs:
-            probe = fit_logistic(
-                train_x, train_y, num_classes, wd, lr=lr, steps=max_epochs, val_x=val_x, val_y=val_y,
-                patience=patience, seed=seed,
-            )  # fmt: skip
-            grid[(lr, wd)] = probe.val_accuracy
-            if best is None or probe.val_accuracy > best.val_accuracy:
-                best = ProbeResult(probe, lr, wd, probe.val_accuracy)
-    best.grid = grid
-    return best
+    points = [(lr, wd) for wd in sorted(wds, reverse=True) for lr in lrs]  # strongest first: later must beat it
+    with _one_thread():
+        probes = _fit_grid(train_x, train_y, val_x, val_y, num_classes, points, max_epochs, patience, seed)
+    grid = {pt: probe.val_accuracy for pt, probe in zip(points, probes)}
+    best = max(range(len(points)), key=lambda i: (probes[i].val_accuracy, -i))  # first among equals
+    lr, wd = points[best]
+    return ProbeResult(probes[best], lr, wd, probes[best].val_accuracy, grid)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Probes are small matrix products: a second thread's synchronisation costs more than it saves, and
+    on a machine busy with anything else it costs several times the work (measured: 3.4 s on two threads
+    against 2.0 s on one for the default grid on 244 x 512 features)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_grid(
+    x: Tensor,
+    y: Tensor,
+    val_x: Tensor,
+    val_y: Tensor,
+    num_classes: int,
+    points: list[tuple[float, float]],
+    steps: int,
+    patience: int,
+    seed: int,
+) -> list[LinearProbe]:
+    """:func:`fit_logistic` at every (lr, wd) of ``points`` at once: the G probes are independent (each
+    has its own parameters, Adam state and early stopping), but one batched forward and backward serves
+    them all, which costs about what one probe costs (a probe is far too small to keep a CPU busy)."""
+    _check(x, y, num_classes, "train")
+    _check(val_x, val_y, num_classes, "val")
+    mean, std = standardization(x)
+    z = (x - mean) / std  # (N, D)
+    z_val = (val_x.to(x.dtype) - mean) / std
+    G, D, C = len(points), x.shape[1], num_classes
+    weights, biases, groups = [], [], []
+    for lr, _ in points:  # each point starts where fit_logistic would start it
+        generator = torch.Generator().manual_seed(seed)
+        bound = 1.0 / math.sqrt(D)
+        w = nn.Parameter(torch.empty(C, D, dtype=x.dtype).uniform_(-bound, bound, generator=generator))
+        b = nn.Parameter(torch.zeros(C, dtype=x.dtype))
+        weights.append(w)
+        biases.append(b)
+        groups.append({"params": [w, b], "lr": lr})
+    optimizer = torch.optim.Adam(groups)
+    wd = torch.tensor([p[1] for p in points], dtype=x.dtype)  # (G,)
+    targets = y.repeat(G)  # (G * N,)
+
+    best_acc = [-1.0] * G
+    best_step = [0] * G
+    best_state: list[tuple[Tensor, Tensor] | None] = [None] * G
+    active = list(range(G))
+    for step in range(1, steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        W, B = torch.stack(weights), torch.stack(biases)  # (G, C, D), (G, C)
+        logits = torch.einsum("nd,gcd->gnc", z, W) + B[:, None, :]  # (G, N, C)
+        ce = F.cross_entropy(logits.reshape(G * len(y), C), targets, reduction="none").view(G, -1).mean(1)
+        loss = (ce + 0.5 * wd * W.square().sum(dim=(1, 2))).sum()  # each point's gradient is its own term's
+        loss.backward()
+        for g in range(G):  # a stopped point takes no more steps
+            if g not in active:
+                weights[g].grad = biases[g].grad = None
+        optimizer.step()
+        with torch.no_grad():
+            W, B = torch.stack(weights), torch.stack(biases)
+            pred = (torch.einsum("nd,gcd->gnc", z_val, W) + B[:, None, :]).argmax(2)  # (G, N_val)
+        for g in list(active):
+            acc = accuracy(pred[g], val_y)
+            if acc > best_acc[g]:
+                best_acc[g], best_step[g] = acc, step
+                best_state[g] = (weights[g].detach().clone(), biases[g].detach().clone())
+            elif step - best_step[g] >= patience:
+                active.remove(g)
+        if not active:
+            break
+    return [LinearProbe(mean, std, *best_state[g], steps=best_step[g], val_accuracy=best_acc[g]) for g in range(G)]
 
 
 # few-shot

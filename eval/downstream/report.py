@@ -96,36 +96,46 @@ def markdown(rows: Sequence[SummaryRow]) -> str:
 
 
 def plot(rows: Sequence[SummaryRow], out_png: str | Path, title: str = "") -> Path:
-    """Horizontal bars per (task, protocol): pretrained and random init with error bars, chance as a tick."""
+    """One panel per (task, tower): for each protocol a pretrained and a random-init bar with error bars
+    (one standard deviation over seeds), and chance as a dashed line, so the tasks where pretraining
+    helps and those where it does not show at a glance."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(rows)
-    fig, ax = plt.subplots(figsize=(9, 0.55 * n + 1.6))
-    height = 0.38
+    panels: dict[tuple[str, str], list[SummaryRow]] = {}
+    for row in rows:
+        panels.setdefault((row.task, row.tower), []).append(row)
+    cols = min(4, max(1, len(panels)))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows + 0.6), squeeze=False)
     colours = {"pretrained": "#1f77b4", "random": "#bbbbbb"}
-    for i, row in enumerate(rows):
-        y = n - 1 - i
+    width = 0.38
+    for ax, ((task, tower), group) in zip(axes.flat, panels.items()):
         for j, init in enumerate(INITS):
-            if init in row.stats:
-                mean, std, _ = row.stats[init]
-                offset = height / 2 if j == 0 else -height / 2
-                ax.barh(y + offset, mean, height, xerr=std, color=colours[init], capsize=2,
-                        label=init if i == 0 else None)  # fmt: skip
-        ax.plot([row.chance] * 2, [y - height, y + height], color="#d62728", lw=1.5, label="chance" if i == 0 else None)
-    ax.set_yticks(range(n))
-    ax.set_yticklabels([f"{r.task} ({r.tower}, {r.protocol})" for r in reversed(rows)], fontsize=8)
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("test accuracy (%)")
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+            xs = [i + (j - 0.5) * width for i, r in enumerate(group) if init in r.stats]
+            stats = [r.stats[init] for r in group if init in r.stats]
+            if xs:
+                ax.bar(xs, [m for m, _, _ in stats], width, yerr=[s for _, s, _ in stats], capsize=2,
+                       color=colours[init], label=init)  # fmt: skip
+        ax.axhline(group[0].chance, color="#d62728", ls="--", lw=1.2, label="chance")
+        ax.set_xticks(range(len(group)))
+        ax.set_xticklabels([r.protocol for r in group], fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{task} ({tower})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].set_ylabel("test accuracy (%)")
+    axes.flat[0].legend(fontsize=7, loc="upper right")
     if title:
-        ax.set_title(title, fontsize=9)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     return Path(out_png)
 

@@ -288,6 +288,45 @@ class Tower(nn.Module):
         )
         return FrameFeatures(outs, kept)
 
+    def decode(self, examples: Sequence[Example], *, progress: bool = True) -> list[dict[str, Any] | ItemFailure]:
+        """The eval-mode inputs of ``examples`` in memory (an :class:`ItemFailure` for a file that cannot be
+        read), for :meth:`item_features`: towers that share an export's preprocessing (a pretrained tower and
+        its random-init twins) then decode each file once."""
+        dataset = self.dataset(list(examples), train=False)
+        bar = tqdm(range(len(dataset)), desc=f"decode {self.modality}", unit="item", disable=not progress, leave=False)
+        return [dataset[i] for i in bar]
+
+    def item_features(
+        self,
+        items: Sequence[dict[str, Any] | ItemFailure],
+        *,
+        pool: Pool = "agg",
+        hop: float | None = None,
+        batch_size: int = 16,
+        progress: bool = True,
+        max_fail_fraction: float = 0.01,
+    ) -> ClipFeatures | FrameFeatures:
+        """:meth:`clip_features` (``hop`` None) or :meth:`frame_features` of inputs from :meth:`decode`."""
+        if hop is not None and (hop <= 0 or self.modality == "text"):
+            raise ValueError(f"frame features need a positive hop and a video or audio tower, got {hop}")
+
+        def batches() -> Iterator[dict[str, Any]]:
+            for s in range(0, len(items), batch_size):
+                chunk = [
+                    it if isinstance(it, ItemFailure) else it | {"index": s + i}
+                    for i, it in enumerate(items[s : s + batch_size])
+                ]
+                yield collate_items(chunk)
+
+        if hop is None:
+            per_batch = lambda b: list(self.forward_batch(b, pool, batch_size))  # noqa: E731
+        else:
+            per_batch = lambda b: self._frame_rows(b, hop, batch_size)  # noqa: E731
+        outs, kept = self._extract(batches(), per_batch, len(items), progress, max_fail_fraction)
+        if hop is not None:
+            return FrameFeatures(outs, kept)
+        return ClipFeatures(torch.stack(outs) if outs else torch.zeros(0, self.dim), kept)
+
     def wave_features(self, waves: torch.Tensor, pool: Pool = "agg", *, batch_size: int = 16) -> torch.Tensor:
         """Clip features (n, D) of in-memory mono audio (n, S) at the export's sample rate, windowed,
         standardised and padded exactly like decoded audio examples."""
