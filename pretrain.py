@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate.utils import set_seed
@@ -28,7 +28,7 @@ from data.synth import shapes
 from data.tokenizer import Tokenizer
 from data.transforms import PreprocessConfig
 from eval.retrieval import evaluate_retrieval, format_table
-from train.config import RUN_RANGES, RunConfig, check_paths, parse_config, save_config
+from train.config import RUN_RANGES, RunConfig, check_paths, load_yaml, parse_config, save_config
 from train.export import save_export
 from train.loop import Hooks, Trainer, launch
 from train.optim import OPTIM_RANGES, OptimConfig, build_optimizer, build_scheduler
@@ -72,6 +72,8 @@ def _cpu_optim() -> OptimConfig:
 
 @dataclass
 class PretrainConfig(RunConfig):
+    # vatt: this file's recipe; moco, wav2vec2: the AVSR front-ends' (pretrain_frontends.py)
+    objective: Literal["vatt", "moco", "wav2vec2"] = "vatt"
     batch_size: int = 64  # clips per optimizer step, over all processes and accumulation steps
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=_cpu_preprocess)
@@ -126,9 +128,38 @@ def model_overrides(cfg: PretrainConfig, vocab_size: int) -> dict[str, Any]:
     }
 
 
+def objective_of(argv: list[str]) -> str:
+    """The ``objective`` the arguments ask for (the last ``objective=`` override, else the config file's);
+    each objective parses the whole config with its own dataclasses, so this is read first."""
+    chosen = [a.split("=", 1)[1].strip() for a in argv if a.startswith("objective=")]
+    if chosen:
+        return chosen[-1]
+    for i, arg in enumerate(argv):
+        path = (
+            argv[i + 1]
+            if arg == "--config" and i + 1 < len(argv)
+            else arg.split("=", 1)[1]
+            if arg.startswith("--config=")
+            else None
+        )
+        if path:
+            value = load_yaml(path).get("objective", "vatt")
+            return value if isinstance(value, str) else "vatt"
+    return "vatt"
+
+
 def main(argv: list[str] | None = None) -> None:
     def parse_check_run() -> None:
-        cfg = parse_config(PretrainConfig, sys.argv[1:] if argv is None else argv)
+        args = sys.argv[1:] if argv is None else argv
+        if objective_of(args) in ("moco", "wav2vec2"):
+            import pretrain_frontends as frontends
+
+            fcfg = parse_config(frontends.FrontendPretrainConfig, args)
+            frontends.check_config(fcfg)
+            check_paths(fcfg, dirs=["data.root"])
+            frontends.run(fcfg)
+            return
+        cfg = parse_config(PretrainConfig, args)
         check_config(cfg)
         check_paths(cfg, files=["data.train_manifests", "data.val_manifest", "data.tokenizer"])
         run(cfg)

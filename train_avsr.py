@@ -34,7 +34,7 @@ from data.tokenizer import Tokenizer, train_tokenizer
 from data.utterances import DATA_RANGES, DataConfig, check_data, corpus_root, training_noise, utterance_loader
 from eval.lrs2 import DecodeConfig, make_loader, validate
 from train.config import RUN_RANGES, RunConfig, check_paths, parse_config, save_config
-from train.export import Export, read_export, save_export
+from train.export import Export, ExportError, read_export, save_export
 from train.loop import Hooks, Trainer, launch
 from train.optim import OPTIM_RANGES, OptimConfig, build_optimizer, build_scheduler
 
@@ -184,8 +184,17 @@ def model_overrides(cfg: TrainAvsrConfig, tokens: avsr.TokenSet, vatt_export: Ex
 
 def read_avsr_inits(init: InitConfig) -> dict[str, Export]:
     """The AVSR exports named by ``init``, by key."""
-    keys = ("avsr_export", *FRONTEND_FROM.values())
-    return {k: read_export(getattr(init, k), kind="avsr") for k in keys if getattr(init, k)}
+    out = {"avsr_export": read_export(init.avsr_export, kind="avsr")} if init.avsr_export else {}
+    for key in FRONTEND_FROM.values():  # a whole AVSR model's, or a self-supervised front-end's (pretrain.py)
+        if getattr(init, key):
+            exp = read_export(getattr(init, key))
+            if exp.kind not in ("avsr", "avsr_frontend"):
+                raise ExportError(
+                    f"init.{key}: {getattr(init, key)!r} holds a {exp.kind!r} model, "
+                    "expected an AVSR model or front-end"
+                )
+            out[key] = exp
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

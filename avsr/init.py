@@ -83,6 +83,8 @@ def check_init(init: InitConfig, modalities: str, overrides: dict[str, Any]) -> 
 def check_units(avsr_inits: dict[str, Any], tokens: TokenSet) -> None:
     """Output layers and decoder embeddings only carry over between models of the same units."""
     for key, export in avsr_inits.items():
+        if export.kind == "avsr_frontend":  # a front-end alone has no output units
+            continue
         if "tokens" not in export.extra or TokenSet.from_dict(export.extra["tokens"]) != tokens:
             raise InitError(f"init.{key}: that export's units differ from this run's ({len(tokens.units)} units)")
 
@@ -105,7 +107,8 @@ def init_frontends(
             prefix = "video_frontend." if m == "v" else "audio_frontend."
             model.load_frontend_state(m, avsr_inits[key].state_dict, prefix=prefix)
             done += m
-            log.info("%s front-end initialised from the AVSR export %s", m, getattr(init, key))
+            what = "self-supervised front-end" if avsr_inits[key].kind == "avsr_frontend" else "AVSR export"
+            log.info("%s front-end initialised from the %s %s", m, what, getattr(init, key))
     if vatt_export is not None and not init.load_weights:
         log.info("front-ends built as the towers of %s, weights left random", init.vatt_export)
     elif vatt_export is not None:

@@ -111,7 +111,10 @@ class AvsrModel(nn.Module):
         fe = self._frontend(modality)
         if fe is None:
             raise ValueError(f"this model has no {modality!r} front-end (modalities={self.cfg.modalities!r})")
-        if hasattr(fe, "load_pretrained") and prefix is None:
+        own = f"{'video' if modality == 'v' else 'audio'}_frontend."
+        if prefix == own:  # another AVSR model's front-end, under this model's own names: load as is
+            fe.load_state_dict({k[len(own) :]: v for k, v in state_dict.items() if k.startswith(own)}, strict=True)
+        elif hasattr(fe, "load_pretrained") and prefix is None:
             fe.load_pretrained(state_dict)
         elif hasattr(fe, "load_pretrained"):
             fe.load_pretrained(state_dict, prefix)

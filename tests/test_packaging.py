@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT, run_python
 
 LIBRARIES = ("vatt", "avsr", "data", "eval", "train", "audiossl")  # those that exist are packaged
-LAUNCHERS = ("pretrain.py", "train_avsr.py")
+LAUNCHERS = ("pretrain.py", "pretrain_frontends.py", "train_avsr.py")
 SCRIPTS = {
     "vatt-pretrain": "pretrain:main",
     "vatt-train-avsr": "train_avsr:main",
