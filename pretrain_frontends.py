@@ -58,7 +58,8 @@ class UtteranceData:
 
 @dataclass
 class VisualFrontend:
-    resnet_layers: tuple[int, ...] = (2, 2, 2, 2)  # blocks per stage, as avsr's video_resnet_layers
+    # blocks per stage, as avsr's video_resnet_layers: one, as avsr_transformer_tiny; ResNet-18 is (2, 2, 2, 2)
+    resnet_layers: tuple[int, ...] = (1, 1, 1, 1)
     crop: int = 32  # side of each view's random crop; the mouth image is preprocess.resize
 
 

@@ -10,7 +10,7 @@ from tests.conftest import ROOT, run_python
 
 # The project's own code: packages (absent ones, e.g. before they are written, are skipped) and launchers.
 PACKAGES = ("vatt", "avsr", "data", "eval", "train", "audiossl")
-LAUNCHERS = ("pretrain", "train_avsr")
+LAUNCHERS = ("pretrain", "pretrain_frontends", "train_avsr")
 
 BLOCKER = """
 import sys

@@ -105,3 +105,14 @@ def test_an_export_of_another_kind_is_refused_by_name(tmp_path):
     vatt_export = save_tiny_vatt_export(tmp_path / "vatt", seed=0, vocab_size=32)
     with pytest.raises(ExportError, match="init.video_frontend_from.*'vatt'"):
         read_avsr_inits(InitConfig(video_frontend_from=str(vatt_export)))
+
+
+@pytest.mark.parametrize("name", ["moco_speech", "wav2vec2_speech"])
+def test_the_front_end_recipes_parse(name):
+    import pretrain_frontends
+    from train.config import parse_config
+
+    args = ["--config", f"configs/pretrain/{name}.yaml"]
+    cfg = parse_config(pretrain_frontends.FrontendPretrainConfig, args)
+    pretrain_frontends.check_config(cfg)
+    assert cfg.objective == objective_of(args) == name.split("_")[0]

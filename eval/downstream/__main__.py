@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
 import shlex
 import sys
 import time
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     except (TaskError, ExportError, MediaError, DataFailureError, ValueError, OSError) as exc:
         text = str(exc).strip()
         sys.exit(f"eval.downstream: {text.splitlines()[0] if text else type(exc).__name__}")
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, one process reports
+        return
     rows = report.summarise(records)
     table = report.markdown(rows)
     print(table)
