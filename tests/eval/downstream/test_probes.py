@@ -248,3 +248,16 @@ def test_flatten_frames_drops_ignored_frames():
     assert torch.equal(y, torch.tensor([1, 0, 2]))
     with pytest.raises(ValueError, match="sequence 1"):
         flatten_frames(features, [labels[0], torch.tensor([2])])
+
+
+def test_the_batched_grid_fits_each_point_as_fitting_it_alone(splits):
+    """fit_linear trains every (lr, wd) in one batched pass; each point must end where fit_logistic alone
+    ends: the same best validation accuracy, at the same step, with the same weights."""
+    (x, y), (xv, yv) = splits["train"], splits["val"]
+    result = fit_linear(x, y, xv, yv, 6, lrs=(1e-3, 1e-2), wds=(1e-3, 1e-1), max_epochs=200, seed=3)
+    for (lr, wd), val_acc in result.grid.items():
+        alone = fit_logistic(x, y, 6, wd, lr=lr, steps=200, val_x=xv, val_y=yv, seed=3)
+        assert alone.val_accuracy == val_acc, (lr, wd)
+        if (lr, wd) == (result.lr, result.wd):
+            assert alone.steps == result.probe.steps
+            torch.testing.assert_close(alone.weight, result.weight, rtol=1e-4, atol=1e-5)
