@@ -7,8 +7,12 @@ ROOT, run_launcher``), as ``tests/data`` does with its own conftest.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import faiss
@@ -67,6 +71,31 @@ AVSR_TINY = [
 # Commands as a user runs them.
 
 
+def start_python(
+    args: list[str], *, env: dict[str, str] | None = None, launcher: list[str] | None = None, cwd: Path = ROOT
+) -> subprocess.Popen:
+    """``python *args`` (or ``*launcher *args``, e.g. torchrun) started in ``cwd`` in a session of its own,
+    output captured as text; :func:`wait_python` collects it."""
+    cmd = [*(launcher or [sys.executable]), *args]
+    env = dict(os.environ if env is None else env, PYTHONFAULTHANDLER="1")
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def wait_python(proc: subprocess.Popen, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The finished command of :func:`start_python`. One still running after ``timeout`` seconds fails the
+    test with the Python stacks of every one of its processes, so that a hang shows where it hangs."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        out, err = _abort_with_stacks(proc)
+        pytest.fail(
+            f"{' '.join(map(str, proc.args[:4]))} ... did not end within {timeout:.0f} s; stacks:\n{err[-12000:]}"
+        )
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def run_python(
     args: list[str],
     *,
@@ -75,10 +104,32 @@ def run_python(
     cwd: Path = ROOT,
     timeout: float = 600,
 ) -> subprocess.CompletedProcess:
-    """``python *args`` (or ``*launcher *args``, e.g. torchrun) in ``cwd``, output captured as text. The
-    caller checks the exit status: many tests expect a failure."""
-    cmd = [*(launcher or [sys.executable]), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    """``python *args`` (or ``*launcher *args``) run to its end (:func:`start_python`, :func:`wait_python`).
+    The caller checks the exit status: many tests expect a failure."""
+    return wait_python(start_python(args, env=env, launcher=launcher, cwd=cwd), timeout)
+
+
+def _abort_with_stacks(proc: subprocess.Popen) -> tuple[str, str]:
+    """SIGABRT to every process still in a hung command's session (``PYTHONFAULTHANDLER`` makes each Python
+    print the stacks of all its threads), then SIGKILL to the session; returns the command's stdout and its
+    stderr, which ends with a list of the processes that were still there (a process left behind by one
+    that exited keeps the output pipes open just as well)."""
+    import psutil
+
+    session = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getsid(p.pid) == proc.pid:
+                session.append(p)
+    alive = "\n".join(f"  pid {p.pid}: {' '.join(p.info['cmdline'] or [])[:200]}" for p in session)
+    for p in sorted(session, key=lambda p: p.pid == proc.pid):  # workers before their launcher
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(signal.SIGABRT)
+    time.sleep(5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate()
+    return out, f"{err}\nprocesses of the command still running at the time limit:\n{alive}"
 
 
 def run_launcher(
@@ -150,17 +201,25 @@ def tiny_vatt_preprocess() -> PreprocessConfig:
 
 
 def save_tiny_vatt_export(
-    path: Path, seed: int, *, tokenizer: Path | None = None, vocab_size: int | None = None
+    path: Path,
+    seed: int,
+    *,
+    tokenizer: Path | None = None,
+    vocab_size: int | None = None,
+    preprocess: PreprocessConfig | None = None,
+    **extra: object,
 ) -> Path:
-    """A ``vatt_test`` export at :func:`tiny_vatt_preprocess`'s size with weights drawn from ``seed``, and
-    ``tokenizer`` in it; the vocabulary is the tokenizer's, or ``vocab_size`` for an export without one."""
-    pp = tiny_vatt_preprocess()
+    """A ``vatt_test`` export at the input size of ``preprocess`` (default :func:`tiny_vatt_preprocess`) with
+    weights drawn from ``seed``, and ``tokenizer`` in it; the vocabulary is the tokenizer's, or ``vocab_size``
+    for an export without one; ``extra`` adds model overrides."""
+    pp = preprocess or tiny_vatt_preprocess()
     overrides = {
         "num_frames": pp.num_frames,
         "image_size": pp.image_size,
         "audio_samples": pp.audio_samples,
         "max_text_len": pp.max_text_len,
         "vocab_size": Tokenizer(tokenizer).vocab_size if tokenizer is not None else vocab_size,
+        **extra,
     }
     torch.manual_seed(seed)
     model = vatt.create_model("vatt_test", **overrides)

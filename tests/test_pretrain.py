@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from data.files import OUTPUT_MARKER
-from tests.conftest import PRETRAIN_TINY, ROOT, run_launcher, run_python
+from tests.conftest import PRETRAIN_TINY, ROOT, run_launcher, run_python, start_python, wait_python
 
 
 def _data_args(corpus: Path) -> list[str]:
@@ -51,15 +51,15 @@ def test_resume_is_exact(shapes_corpus, tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_a_state_and_exits_cleanly(shapes_corpus, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "pretrain.py", *PRETRAIN_TINY, *_data_args(shapes_corpus)]
-    cmd += ["max_steps=100000", f"output_dir={run}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_python(
+        ["pretrain.py", *PRETRAIN_TINY, *_data_args(shapes_corpus), "max_steps=100000", f"output_dir={run}"]
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
         time.sleep(0.5)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    err = wait_python(proc, timeout=300).stderr
     assert proc.returncode == 0, err[-2000:]
     states = sorted((run / "states").glob("step-*"))
     assert states, "no state saved on SIGTERM"
@@ -236,13 +236,18 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(shapes_corpus, t
     common = [*PRETRAIN_TINY, *_data_args(shapes_corpus), "max_steps=10", "save_every=0"]
     full = tmp_path / "full"
     run_launcher(
-        "pretrain.py", [*common, f"output_dir={full}"], env=env, launcher=[*torchrun, f"--master_port={_free_port()}"]
+        "pretrain.py",
+        [*common, f"output_dir={full}"],
+        env=env,
+        launcher=[*torchrun, f"--master_port={_free_port()}"],
+        timeout=300,
     )
     reference = _losses(full)
 
     run = tmp_path / "run"
-    cmd = [*torchrun, f"--master_port={_free_port()}", "pretrain.py", *common, f"output_dir={run}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_python(
+        ["pretrain.py", *common, f"output_dir={run}"], env=env, launcher=[*torchrun, f"--master_port={_free_port()}"]
+    )
     deadline = time.time() + 300
     while time.time() < deadline and _logged_steps(run) < 2:
         time.sleep(0.1)
@@ -250,7 +255,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(shapes_corpus, t
     rank1 = [p for p in workers if p.environ().get("RANK") == "1"]
     assert len(rank1) == 1, [p.cmdline() for p in workers]
     rank1[0].send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    err = wait_python(proc, timeout=300).stderr
     assert proc.returncode == 0, err[-3000:]
     stopped = sorted(
         int(line.rsplit("stopped at step ", 1)[1].split(";")[0])

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from safetensors.torch import load_file
 import avsr
 from data.files import OUTPUT_MARKER
 from eval.lrs2 import load_avsr_export
-from tests.conftest import AVSR_TINY, ROOT, run_launcher, run_python, save_tiny_vatt_export
+from tests.conftest import AVSR_TINY, ROOT, run_launcher, run_python, save_tiny_vatt_export, start_python, wait_python
 from train.export import read_export, save_export
 
 
@@ -235,14 +233,13 @@ def test_audio_visual_model_starts_from_audio_only_and_visual_only_exports(tmp_p
 @pytest.mark.slow
 def test_sigterm_saves_a_state_and_exits_cleanly(speech_corpus, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "train_avsr.py", *AVSR_TINY, f"data.root={speech_corpus}", "model.modalities=a"]
-    cmd += ["max_steps=100000", f"output_dir={run}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["train_avsr.py", *AVSR_TINY, f"data.root={speech_corpus}", "model.modalities=a"]
+    proc = start_python([*args, "max_steps=100000", f"output_dir={run}"])
     deadline = time.time() + 300
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    err = wait_python(proc, timeout=300).stderr
     assert proc.returncode == 0, err[-2000:]
     assert sorted((run / "states").glob("step-*")) and "state saved" in err
 

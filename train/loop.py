@@ -196,6 +196,9 @@ def finish(
         atomic_write_json(run_dir / "metrics_final.json", final)
         plot_curves(metrics.read(), run_dir / "curves.png")
         log.info("skipped %s (bad media): %d of %d", cfg.unit, skipped, attempted)
+    # Every process tears the process group down at the same point: one that destroys it while another
+    # is still working can leave the other waiting on a closed connection.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
 
