@@ -32,7 +32,7 @@ from avsr.frontends.visual import ResNetVideoFrontend
 from avsr.ssl import moco as moco_lib
 from avsr.ssl import wav2vec2 as w2v_lib
 from data.collate import ItemFailure
-from data.lrs2 import LRS2Config, LRS2Dataset
+from data.lrs2 import LRS2Config, LRS2Dataset, pad_stack
 from data.sampling import SeededItems, StepBatchSampler
 from data.schema import ConfigError, check_ranges, to_dict
 from data.utterances import SynthConfig
@@ -184,11 +184,8 @@ def collate(items: list[dict[str, Any] | ItemFailure]) -> dict[str, Any]:
         for key in ("len_q", "len_k"):
             batch[key] = torch.tensor([x[key] for x in good], dtype=torch.int64)
     else:
-        lengths = torch.tensor([x["audio"].shape[0] for x in good], dtype=torch.int64)
-        audio = torch.zeros(len(good), int(lengths.max()))
-        for i, x in enumerate(good):
-            audio[i, : x["audio"].shape[0]] = x["audio"]
-        batch["audio"], batch["audio_lengths"] = audio, lengths
+        batch["audio"] = pad_stack([x["audio"] for x in good])
+        batch["audio_lengths"] = torch.tensor([x["audio"].shape[0] for x in good], dtype=torch.int64)
     return batch
 
 
@@ -278,7 +275,12 @@ def run(cfg: FrontendPretrainConfig) -> None:
 
     @torch.no_grad()
     def validate() -> dict[str, float]:
-        """Mean loss and accuracy (the positive scored above every negative) over ``eval_batches``."""
+        """Mean loss and accuracy (the positive scored above every negative) over ``eval_batches``.
+
+        MoCo's held-out clips are scored against the other keys of their batch (chance: ln B and 1/B), not
+        against the training queue: the queue's keys were encoded with training batches' batch-norm
+        statistics, the held-out ones with the running statistics, and that difference alone ranks them apart.
+        """
         net.eval()
         gen = torch.Generator().manual_seed(0)  # the same views, crops and masks at every evaluation
         totals = {"val_loss": 0.0, "val_accuracy": 0.0}
@@ -290,8 +292,12 @@ def run(cfg: FrontendPretrainConfig) -> None:
             if len(batch["ids"]) < 2:
                 continue
             out, losses = forward(batch, net)
-            totals["val_loss"] += float(losses["loss"])
-            totals["val_accuracy"] += _accuracy(cfg.objective, out, float(getattr(loss_fn, "logit_temp", 1.0)))
+            if cfg.objective == "moco":
+                loss, accuracy = moco_in_batch(out["q"], out["k"], cfg.moco.temperature)
+            else:
+                loss, accuracy = float(losses["loss"]), _w2v_accuracy(out)
+            totals["val_loss"] += loss
+            totals["val_accuracy"] += accuracy
             n += 1
         net.train()
         return {k: v / max(1, n) for k, v in totals.items()}
@@ -318,13 +324,16 @@ def run(cfg: FrontendPretrainConfig) -> None:
         print(f"run directory: {run_dir}")
 
 
-def _accuracy(objective: str, out: dict[str, torch.Tensor], logit_temp: float) -> float:
-    """Percent of rows whose positive outscores every negative: MoCo's key against the queue, or a masked
-    step's quantised target against its distractors."""
-    if objective == "moco":
-        pos = (out["q"] * out["k"]).sum(1, keepdim=True)  # (B, 1)
-        neg = out["q"] @ out["queue"]  # (B, K)
-        return 100.0 * float((pos.squeeze(1) > neg.max(1).values).float().mean())
+def moco_in_batch(q: torch.Tensor, k: torch.Tensor, temperature: float) -> tuple[float, float]:
+    """InfoNCE loss and percent top-1 of each query against every key of the batch, its own the positive."""
+    logits = q @ k.T / temperature  # (B, B)
+    target = torch.arange(len(logits), device=logits.device)
+    loss = torch.nn.functional.cross_entropy(logits, target)
+    return float(loss), 100.0 * float((logits.argmax(1) == target).float().mean())
+
+
+def _w2v_accuracy(out: dict[str, torch.Tensor]) -> float:
+    """Percent of masked steps whose quantised target outscores every distractor."""
     m = out["mask"]
     c, pos, neg = out["context"][m], out["targets"][m], out["negatives"][m]  # (N, d), (N, d), (N, K, d)
     s_pos = torch.nn.functional.cosine_similarity(c, pos, dim=-1)  # (N,)

@@ -424,7 +424,7 @@ class LRS2Dataset(Dataset):
         return item
 
 
-def _pad_stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def pad_stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack along a new batch axis, zero-padding the first axis to the longest."""
     longest = max(t.shape[0] for t in tensors)
     out = tensors[0].new_zeros((len(tensors), longest, *tensors[0].shape[1:]))
@@ -448,7 +448,7 @@ def collate_lrs2(items: Sequence[dict[str, Any] | ItemFailure]) -> dict[str, Any
     batch["video_lengths"] = torch.tensor([x["video_length"] for x in good], dtype=torch.int64)
     batch["audio_lengths"] = torch.tensor([x["audio_length"] for x in good], dtype=torch.int64)
     if "video" in good[0]:
-        batch["video"] = _pad_stack([x["video"] for x in good])  # (B, T, 1, 88, 88)
+        batch["video"] = pad_stack([x["video"] for x in good])  # (B, T, 1, 88, 88)
     if "audio" in good[0]:
-        batch["audio"] = _pad_stack([x["audio"] for x in good])  # (B, S)
+        batch["audio"] = pad_stack([x["audio"] for x in good])  # (B, S)
     return batch

@@ -32,18 +32,29 @@ class VattExport:
     extra: dict[str, Any]
 
 
-def load_vatt_export(path: str | Path, device: str | torch.device = "cpu") -> VattExport:
-    """Read ``path`` (kind ``"vatt"``), rebuild the model and load its weights; raises ExportError with one line."""
+def load_vatt_export(
+    path: str | Path, device: str | torch.device = "cpu", *, random_seed: int | None = None
+) -> VattExport:
+    """Read ``path`` (kind ``"vatt"``), rebuild the model and load its weights; raises ExportError with one line.
+
+    With ``random_seed``, the model keeps the weights it is built with from that seed instead (the
+    random-init baseline of the same architecture, preprocessing and tokenizer); its fingerprint says so.
+    """
     path = Path(path)
     exp = read_export(path, kind="vatt")
     try:
-        model = vatt.create_model(exp.model_name, **exp.overrides)
+        with torch.random.fork_rng(devices=[]):
+            if random_seed is not None:
+                torch.manual_seed(random_seed)
+            model = vatt.create_model(exp.model_name, **exp.overrides)
     except (KeyError, TypeError, ValueError) as exc:
         raise ExportError(f"export {str(path)!r} names a model that cannot be built: {_first_line(exc)}") from None
     try:
-        model.load_state_dict(exp.state_dict, strict=True)
+        if random_seed is None:
+            model.load_state_dict(exp.state_dict, strict=True)
     except RuntimeError as exc:
         raise ExportError(f"export {str(path)!r} weights do not fit {exp.model_name!r}: {_first_line(exc)}") from None
+    fingerprint = exp.fingerprint if random_seed is None else f"{exp.fingerprint}-random{random_seed}"
     try:
         preprocess = PreprocessConfig.from_dict(exp.preprocess)
     except ConfigError as exc:
@@ -53,7 +64,7 @@ def load_vatt_export(path: str | Path, device: str | torch.device = "cpu") -> Va
     except (OSError, RuntimeError, ValueError) as exc:  # sentencepiece raises these for a broken model file
         raise ExportError(f"export {str(path)!r} has an unusable tokenizer: {_first_line(exc)}") from None
     model.to(device).eval()
-    return VattExport(model, preprocess, tokenizer, exp.fingerprint, path, exp.extra)
+    return VattExport(model, preprocess, tokenizer, fingerprint, path, exp.extra)
 
 
 def export_fingerprint(path: str | Path) -> str:

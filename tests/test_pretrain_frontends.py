@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from avsr.frontends.audio import Wav2Vec2AudioFrontend
 from avsr.frontends.visual import ResNetVideoFrontend
 from avsr.init import InitConfig, init_frontends
 from pretrain import objective_of
+from pretrain_frontends import moco_in_batch
 from tests.conftest import run_launcher
 from train.export import read_export
 from train_avsr import read_avsr_inits
@@ -49,6 +51,21 @@ def test_the_objective_is_read_before_the_config(tmp_path):
     assert objective_of([]) == "vatt"
     assert objective_of(["--config", str(cfg)]) == "wav2vec2"
     assert objective_of([f"--config={cfg}", "objective=moco"]) == "moco"
+
+
+def test_moco_held_out_score_is_each_query_against_the_keys_of_its_batch():
+    gen = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(6, 8, generator=gen, dtype=torch.float64), dim=1)
+    k = torch.nn.functional.normalize(q + 0.8 * torch.randn(6, 8, generator=gen, dtype=torch.float64), dim=1)
+    loss, accuracy = moco_in_batch(q.float(), k.float(), temperature=0.2)
+    rows, hits = [], 0
+    for i in range(6):
+        scores = [float(q[i] @ k[j]) / 0.2 for j in range(6)]
+        rows.append(math.log(sum(math.exp(x) for x in scores)) - scores[i])
+        hits += max(range(6), key=scores.__getitem__) == i
+    assert loss == pytest.approx(sum(rows) / 6, rel=1e-5)
+    assert accuracy == pytest.approx(100.0 * hits / 6)
+    assert 0 < hits < 6  # both outcomes occur, so the comparison checks something
 
 
 def test_moco_run_exports_a_visual_frontend_that_an_avsr_model_loads_exactly(speech_corpus, tmp_path):

@@ -28,6 +28,7 @@ from data.downstream import Task, TaskError
 from data.files import OutputPathError, check_output_path
 from data.media import MediaError
 from eval.downstream import harness, report
+from eval.vatt_export import export_fingerprint
 from train.export import ExportError
 
 log = logging.getLogger("eval.downstream")
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": shlex.join(["python", "-m", "eval.downstream", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
-        "fingerprint": harness.fingerprint(cfg.export),
+        "fingerprint": export_fingerprint(cfg.export),
         "tasks": {t.name: {"classes": t.num_classes, **t.counts()} for t in tasks},
     }
     if args.out:

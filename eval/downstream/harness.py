@@ -263,12 +263,6 @@ def _protocol(task, cfg, cache, protocol, modality, init, seed, data) -> list[_R
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
 
 
-def fingerprint(export: Path) -> str:
-    from eval.vatt_export import export_fingerprint
-
-    return export_fingerprint(export)
-
-
 def run(tasks: Sequence[Task], cfg: HarnessConfig) -> list[Record]:
     """Every task in order, sharing one feature cache (tasks on the same files pay for features once)."""
     from eval.downstream.towers import load_tower

@@ -37,15 +37,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-import vatt
 from data.collate import FailureTracker, ItemFailure
 from data.downstream.task import Example, Modality
 from data.media import MediaError, MediaReader, load_audio
-from data.schema import ConfigError
 from data.tokenizer import Tokenizer
 from data.transforms import AudioTransform, PreprocessConfig, VideoTransform, standardize_audio
 from eval.vatt_export import VattExport, load_vatt_export
-from train.export import ExportError, read_export_meta
+from train.export import ExportError
 
 logger = logging.getLogger(__name__)
 
@@ -94,33 +92,12 @@ def load_tower(
     if init == "pretrained":
         exp = load_vatt_export(export, device)
     elif init == "random":
-        exp = _random_export(Path(export), seed, device)
+        exp = load_vatt_export(export, device, random_seed=seed)
     else:
         raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
     if tower == "text" and exp.tokenizer is None:
         raise ExportError(f"export {str(export)!r} has no tokenizer: its text tower cannot read text")
     return Tower(exp, tower, init=init, seed=seed)
-
-
-def _random_export(path: Path, seed: int, device: str | torch.device) -> VattExport:
-    """An export's architecture, preprocessing and tokenizer with weights drawn from ``seed``."""
-    meta = read_export_meta(path)
-    if meta["kind"] != "vatt":
-        raise ExportError(f"export {str(path)!r} holds a {meta['kind']!r} model, expected 'vatt'")
-    name, overrides = meta["model"]["name"], meta["model"]["overrides"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            model = vatt.create_model(name, **overrides)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ExportError(f"export {str(path)!r} names a model that cannot be built: {exc}") from None
-    try:
-        preprocess = PreprocessConfig.from_dict(meta["preprocess"])
-    except ConfigError as exc:
-        raise ExportError(f"export {str(path)!r} has an invalid preprocessing config: {exc}") from None
-    tokenizer = Tokenizer(path / meta["tokenizer"]) if meta["tokenizer"] else None
-    model.to(device).eval()
-    return VattExport(model, preprocess, tokenizer, f"{meta['fingerprint']}-random{seed}", path, meta["extra"])
 
 
 class Tower(nn.Module):

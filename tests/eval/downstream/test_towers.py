@@ -17,11 +17,11 @@ from data.collate import DataFailureError
 from data.downstream.task import Example
 from data.media import MediaReader, load_audio
 from data.synth.mediawriter import write_mp4
-from data.tokenizer import Tokenizer, train_tokenizer
+from data.tokenizer import train_tokenizer
 from data.transforms import PreprocessConfig, VideoTransform, standardize_audio
 from eval.downstream.towers import load_tower, num_rows
 from eval.vatt_export import load_vatt_export
-from train.export import save_export
+from tests.conftest import save_tiny_vatt_export
 
 FPS = 10.0
 SR = 8000  # the export's sample rate; the audio files are written at 16 kHz and resampled
@@ -32,29 +32,6 @@ PP = PreprocessConfig(
 )
 WINDOW = PP.audio_samples
 TEXTS = ["a red square moving", "a green circle", "two blue squares", "the red one again"]
-
-
-def save_test_export(path: Path, tokenizer: Path, seed: int, **extra: object) -> Path:
-    """A ``vatt_test`` export at PP's input size, weights drawn from ``seed``; ``extra`` adds overrides."""
-    overrides = {
-        "num_frames": PP.num_frames,
-        "image_size": PP.image_size,
-        "audio_samples": PP.audio_samples,
-        "max_text_len": PP.max_text_len,
-        "vocab_size": Tokenizer(tokenizer).vocab_size,
-        **extra,
-    }
-    torch.manual_seed(seed)
-    model = vatt.create_model("vatt_test", **overrides)
-    return save_export(
-        path,
-        kind="vatt",
-        model_name="vatt_test",
-        overrides=overrides,
-        state_dict=model.state_dict(),
-        preprocess=PP.to_dict(),
-        tokenizer_file=tokenizer,
-    )
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
@@ -101,8 +78,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     broken = root / "broken.mp4"
     broken.write_bytes(b"this is not a media file" * 50)
     return Files(
-        export=save_test_export(root / "export", tok, seed=0),
-        ma_export=save_test_export(root / "ma_export", tok, seed=0, shared_encoder=True),
+        export=save_tiny_vatt_export(root / "export", 0, tokenizer=tok, preprocess=PP),
+        ma_export=save_tiny_vatt_export(root / "ma_export", 0, tokenizer=tok, preprocess=PP, shared_encoder=True),
         video=videos[0],
         video2=videos[1],
         short_wav=write_wav(root / "short.wav", tone(0.5, 16000, 2), 16000),
