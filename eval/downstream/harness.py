@@ -265,10 +265,17 @@ def _protocol(task, cfg, cache, protocol, modality, init, seed, data) -> list[_R
 
 def run(tasks: Sequence[Task], cfg: HarnessConfig) -> list[Record]:
     """Every task in order, sharing one feature cache (tasks on the same files pay for features once)."""
+    from eval.downstream.frontend_tower import load_frontend_tower
     from eval.downstream.towers import load_tower
+    from train.export import read_export_meta
+
+    frontend = read_export_meta(cfg.export)["kind"] == "avsr_frontend"
+    if frontend and "finetune" in cfg.protocols:
+        raise ValueError(f"{cfg.export}: the finetune protocol takes VATT exports; this one holds an AVSR front-end")
 
     def load(modality: str, init: str, seed: int) -> Any:
-        return load_tower(cfg.export, modality, init=init, seed=seed, device=cfg.device)
+        loader = load_frontend_tower if frontend else load_tower
+        return loader(cfg.export, modality, init=init, seed=seed, device=cfg.device)
 
     cache = FeatureCache(load, cfg.pool, cfg.progress)
     records: list[Record] = []
