@@ -110,26 +110,32 @@ def run_python(
 
 
 def _abort_with_stacks(proc: subprocess.Popen) -> tuple[str, str]:
-    """SIGABRT to every process still in a hung command's session (``PYTHONFAULTHANDLER`` makes each Python
-    print the stacks of all its threads), then SIGKILL to the session; returns the command's stdout and its
-    stderr, which ends with a list of the processes that were still there (a process left behind by one
-    that exited keeps the output pipes open just as well)."""
+    """SIGABRT to every process of a hung command, its descendants and whatever else is left in its session
+    (``PYTHONFAULTHANDLER`` makes each Python print the stacks of all its threads), then SIGKILL to them;
+    returns the command's stdout and its stderr, which ends with a list of the processes that were still
+    there (a process left behind by one that exited keeps the output pipes open just as well)."""
     import psutil
 
-    session = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
+    found: dict[int, psutil.Process] = {}
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(proc.pid)
+        found = {p.pid: p for p in (root, *root.children(recursive=True))}  # torchrun's workers: own sessions
+    for p in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, OSError):  # gone, or not ours to ask about
             if os.getsid(p.pid) == proc.pid:
-                session.append(p)
-    alive = "\n".join(f"  pid {p.pid}: {' '.join(p.info['cmdline'] or [])[:200]}" for p in session)
-    for p in sorted(session, key=lambda p: p.pid == proc.pid):  # workers before their launcher
+                found.setdefault(p.pid, p)
+    alive = []
+    for p in found.values():
         with contextlib.suppress(psutil.Error):
-            p.send_signal(signal.SIGABRT)
-    time.sleep(5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+            alive.append(f"  pid {p.pid}: {' '.join(p.cmdline())[:200]}")
+    ordered = sorted(found.values(), key=lambda p: p.pid == proc.pid)  # workers before their launcher
+    for sig in (signal.SIGABRT, signal.SIGKILL):
+        for p in ordered:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
+        time.sleep(5 if sig == signal.SIGABRT else 0)
     out, err = proc.communicate()
-    return out, f"{err}\nprocesses of the command still running at the time limit:\n{alive}"
+    return out, err + "\nprocesses of the command still running at the time limit:\n" + "\n".join(alive)
 
 
 def run_launcher(
