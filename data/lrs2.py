@@ -267,6 +267,12 @@ def crop_boxes(video: torch.Tensor, centres: np.ndarray, side: int) -> torch.Ten
     return out
 
 
+def fixed_mouth_box(frames: torch.Tensor, box: Sequence[int]) -> torch.Tensor:
+    """RGB uint8 frames (T, 3, H, W) -> the grayscale ``box`` (left, top, right, bottom) of every frame."""
+    left, top, right, bottom = box
+    return TF.crop(TF.rgb_to_grayscale(frames), top, left, bottom - top, right - left)
+
+
 class MouthTransform:
     """Grayscale uint8 mouth crops (T, 1, h, w) -> float32 (T, 1, crop, crop): resize, crop (random in
     training, central otherwise), optional flip, normalise. One set of random parameters per clip."""
@@ -382,11 +388,11 @@ class LRS2Dataset(Dataset):
 
     def mouth_rois(self, frames: torch.Tensor, clip_id: str) -> torch.Tensor:
         """RGB uint8 frames (T, 3, H, W) -> grayscale mouth crops uint8 (T, 1, side, side)."""
-        gray = TF.rgb_to_grayscale(frames)  # (T, 1, H, W)
-        left, top, right, bottom = self.cfg.mouth_box
         points = self._landmarks(clip_id)
         if points is None:
-            return TF.crop(gray, top, left, bottom - top, right - left)
+            return fixed_mouth_box(frames, self.cfg.mouth_box)
+        gray = TF.rgb_to_grayscale(frames)  # (T, 1, H, W)
+        left, _, right, _ = self.cfg.mouth_box
         side = right - left
         centres = mouth_centres(points, gray.shape[0], self.cfg.landmark_smooth)
         return crop_boxes(gray, centres, side)

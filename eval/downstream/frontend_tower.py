@@ -22,14 +22,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from avsr.build import build_audio_frontend, build_video_frontend
 from avsr.config import AvsrConfig
 from data.collate import FailureTracker, ItemFailure
 from data.downstream.task import Example
-from data.lrs2 import LRS2Config, MouthTransform, pad_stack
+from data.lrs2 import LRS2Config, MouthTransform, fixed_mouth_box, pad_stack
 from data.media import MediaError, MediaReader
 from eval.downstream.towers import ClipFeatures
 from train.export import ExportError, read_export
@@ -99,9 +98,7 @@ class FrontendTower(nn.Module):
                 frames = max(1, round((end - start) * cfg.fps))
                 if self.modality == "video":
                     video = reader.read_video(start, frames, cfg.fps)  # (T, 3, H, W) uint8
-                    left, top, right, bottom = cfg.mouth_box
-                    mouth = TF.crop(TF.rgb_to_grayscale(video), top, left, bottom - top, right - left)
-                    return {"input": self.mouth(mouth)}  # (T, 1, crop, crop)
+                    return {"input": self.mouth(fixed_mouth_box(video, cfg.mouth_box))}  # (T, 1, crop, crop)
                 if not reader.info.has_audio:
                     raise MediaError(f"no audio stream: {ex.path}")
                 return {"input": reader.read_audio(start, round(frames * cfg.sample_rate / cfg.fps), cfg.sample_rate)}
