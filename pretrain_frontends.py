@@ -295,7 +295,7 @@ def run(cfg: FrontendPretrainConfig) -> None:
             if cfg.objective == "moco":
                 loss, accuracy = moco_in_batch(out["q"], out["k"], cfg.moco.temperature)
             else:
-                loss, accuracy = float(losses["loss"]), _w2v_accuracy(out)
+                loss, accuracy = float(losses["loss"]), _w2v_accuracy(out, cfg.wav2vec2.logit_temp)
             totals["val_loss"] += loss
             totals["val_accuracy"] += accuracy
             n += 1
@@ -332,14 +332,12 @@ def moco_in_batch(q: torch.Tensor, k: torch.Tensor, temperature: float) -> tuple
     return float(loss), 100.0 * float((logits.argmax(1) == target).float().mean())
 
 
-def _w2v_accuracy(out: dict[str, torch.Tensor]) -> float:
+def _w2v_accuracy(out: dict[str, torch.Tensor], logit_temp: float) -> float:
     """Percent of masked steps whose quantised target outscores every distractor."""
-    m = out["mask"]
-    c, pos, neg = out["context"][m], out["targets"][m], out["negatives"][m]  # (N, d), (N, d), (N, K, d)
-    s_pos = torch.nn.functional.cosine_similarity(c, pos, dim=-1)  # (N,)
-    s_neg = torch.nn.functional.cosine_similarity(c[:, None], neg, dim=-1)  # (N, K)
-    s_neg = s_neg.masked_fill((neg == pos[:, None]).all(-1), float("-inf"))
-    return 100.0 * float((s_pos > s_neg.max(1).values).float().mean())
+    logits = w2v_lib.contrastive_logits(
+        out["context"], out["targets"], out["mask"], logit_temp, negative_steps=out["negative_steps"]
+    )  # fmt: skip
+    return 100.0 * float((logits[:, 0] > logits[:, 1:].max(1).values).float().mean())
 
 
 def save_frontend_export(cfg: FrontendPretrainConfig, net: torch.nn.Module, path: Any, step: int) -> None:

@@ -39,6 +39,8 @@ __all__ = [
     "compute_mask",
     "diversity_penalty",
     "frontend_state_dict",
+    "contrastive_logits",
+    "negative_steps",
     "sample_negatives",
 ]
 
@@ -96,17 +98,14 @@ def compute_mask(
     return mask.to(lengths_in_frames.device)
 
 
-def sample_negatives(
-    targets: Tensor, mask: Tensor, num_negatives: int, generator: torch.Generator | None = None
-) -> Tensor:
-    """Distractors (B, T, K, d) for each masked step: targets at other masked steps of the same utterance.
+def negative_steps(mask: Tensor, num_negatives: int, generator: torch.Generator | None = None) -> Tensor:
+    """Time steps (B, T, K) of the distractors of each masked step: other masked steps of the same utterance.
 
     K distinct steps when the utterance has at least K other masked steps, otherwise K draws with
     replacement among them (wav2vec 2.0 Sec. 3.2: "uniformly sampled from other masked time steps").
-    Rows at unmasked steps are zero. Gradients flow into the drawn targets. The result holds K times the
-    targets' memory (K = 100: about 0.6 GB in float32 for 8 utterances of 15 s at d = 256).
+    Rows at unmasked steps are 0. Returned on the mask's device.
     """
-    B, T, d = targets.shape
+    B, T = mask.shape
     K = num_negatives
     device = generator.device if generator is not None else torch.device("cpu")
     mask_local = mask.detach().to(device)
@@ -126,9 +125,60 @@ def sample_negatives(
         # pick indexes the m - 1 other steps: shift past the row's own step so it is never drawn
         pick = pick + (pick >= torch.arange(m, device=device)[:, None]).long()
         index[b, steps] = steps[pick]
-    index = index.to(targets.device)
+    return index.to(mask.device)
+
+
+def sample_negatives(
+    targets: Tensor, mask: Tensor, num_negatives: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """The distractor vectors (B, T, K, d) of :func:`negative_steps`; rows at unmasked steps are zero.
+
+    Gradients flow into the drawn targets. The result holds K times the targets' memory, which is why
+    training passes the steps to :class:`Wav2Vec2Loss` instead; this form is the explicit reference.
+    """
+    B, T, d = targets.shape
+    index = negative_steps(mask, num_negatives, generator).to(targets.device)
+    K = index.shape[2]
     negatives = torch.gather(targets, 1, index.view(B, T * K, 1).expand(-1, -1, d)).view(B, T, K, d)
     return negatives * mask[:, :, None, None].to(negatives.dtype)
+
+
+def contrastive_logits(
+    context: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    logit_temp: float,
+    negative_steps: Tensor | None = None,
+    negatives: Tensor | None = None,
+) -> Tensor:
+    """sim(c_t, .) / kappa of every masked step (N, 1 + K): the positive first, then the K distractors.
+
+    The distractors are given either as time steps (B, T, K) of the same utterance, scored through one
+    (T, T) cosine table per utterance, or as explicit vectors (B, T, K, d). A distractor equal to its
+    positive (the same codevector) scores -inf. Computed in at least float32.
+    """
+    if (negative_steps is None) == (negatives is None):
+        raise ValueError("give exactly one of negative_steps and negatives")
+    dtype = torch.promote_types(context.dtype, torch.float32)
+    if negatives is not None:
+        c = context[mask].to(dtype)  # (N, d) over the N masked steps of the batch
+        pos = targets[mask].to(dtype)  # (N, d)
+        neg = negatives[mask].to(dtype)  # (N, K, d)
+        candidates = torch.cat([pos[:, None], neg], dim=1)  # (N, 1 + K, d)
+        logits = nn.functional.cosine_similarity(c[:, None], candidates, dim=-1) / logit_temp
+        same = (neg == pos[:, None]).all(-1)  # (N, K)
+    else:
+        B, T, K = negative_steps.shape
+        c = nn.functional.normalize(context.to(dtype), dim=-1, eps=1e-8)
+        q = nn.functional.normalize(targets.to(dtype), dim=-1, eps=1e-8)
+        table = torch.einsum("btd,bsd->bts", c, q) / logit_temp  # (B, T, T): step t's context, step s's target
+        pos = table.diagonal(dim1=1, dim2=2)[:, :, None]  # (B, T, 1)
+        logits = torch.cat([pos, table.gather(2, negative_steps)], dim=2)[mask]  # (N, 1 + K)
+        # equal codevectors share an id; a distractor with its positive's id is the same vector
+        ids = torch.unique(targets.detach().reshape(B * T, -1), dim=0, return_inverse=True)[1].view(B, T)
+        same = (ids.gather(1, negative_steps.view(B, T * K)).view(B, T, K) == ids[:, :, None])[mask]
+    same = torch.cat([torch.zeros_like(same[:, :1]), same], dim=1)
+    return logits.masked_fill(same, float("-inf"))
 
 
 def codebook_perplexity(probs: Tensor) -> Tensor:
@@ -268,11 +318,11 @@ class Wav2Vec2Pretrain(nn.Module):
         x = self.backbone.encoder.transformer(x, attention_mask=_attention_mask(valid, x.dtype))  # (B, T, D)
         context = self.final_proj(x)  # (B, T, d)
 
-        negatives = sample_negatives(targets, mask, cfg.num_negatives, generator)  # (B, T, K, d)
+        steps = negative_steps(mask, cfg.num_negatives, generator)  # (B, T, K)
         return {
             "context": context,
             "targets": targets,
-            "negatives": negatives,
+            "negative_steps": steps,
             "mask": mask,
             "probs": probs,
             "features_pen": features_pen,
@@ -300,20 +350,17 @@ class Wav2Vec2Loss(nn.Module):
         self,
         context: Tensor,
         targets: Tensor,
-        negatives: Tensor,
         mask: Tensor,
         probs: Tensor,
+        negative_steps: Tensor | None = None,
+        negatives: Tensor | None = None,
         features_pen: Tensor | None = None,
     ) -> dict[str, Tensor]:
+        """Distractors as time steps (B, T, K) or as vectors (B, T, K, d): see :func:`contrastive_logits`."""
         dtype = torch.promote_types(context.dtype, torch.float32)
-        c = context[mask].to(dtype)  # (N, d) over the N masked steps of the batch
-        pos = targets[mask].to(dtype)  # (N, d)
-        neg = negatives[mask].to(dtype)  # (N, K, d)
-        candidates = torch.cat([pos[:, None], neg], dim=1)  # (N, 1 + K, d)
-        logits = nn.functional.cosine_similarity(c[:, None], candidates, dim=-1) / self.logit_temp  # (N, 1 + K)
-        same = torch.cat([torch.zeros_like(pos[:, :1], dtype=torch.bool), (neg == pos[:, None]).all(-1)], dim=1)
-        logits = logits.masked_fill(same, float("-inf"))
-        contrastive = nn.functional.cross_entropy(logits, torch.zeros(len(c), dtype=torch.long, device=c.device))
+        logits = contrastive_logits(context, targets, mask, self.logit_temp, negative_steps, negatives)
+        target = torch.zeros(len(logits), dtype=torch.long, device=logits.device)  # the positive comes first
+        contrastive = nn.functional.cross_entropy(logits, target)
 
         diversity = diversity_penalty(probs.to(dtype))
         feature = features_pen.to(dtype) if features_pen is not None else contrastive.new_zeros(())

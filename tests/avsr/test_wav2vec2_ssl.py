@@ -15,8 +15,10 @@ from avsr.ssl.wav2vec2 import (
     Wav2Vec2Pretrain,
     Wav2Vec2SslConfig,
     compute_mask,
+    contrastive_logits,
     diversity_penalty,
     frontend_state_dict,
+    negative_steps,
     sample_negatives,
 )
 
@@ -141,6 +143,38 @@ def test_contrastive_matches_float64_reference_with_identical_negatives_masked()
     x32 = loss_inputs(torch.float32)
     out32 = Wav2Vec2Loss(logit_temp=0.1)(**x32)
     assert float(out32["loss_contrastive"]) == pytest.approx(ref, abs=1e-5)
+
+
+def test_distractors_as_steps_score_as_the_explicit_vectors():
+    """Training scores distractors through a (T, T) cosine table per utterance; the same steps given as
+    explicit vectors, and the float64 loops, agree, duplicates of the positive (planted here as equal
+    codevectors at two masked steps) included, and so do the gradients."""
+    g = gen(3)
+    B, T, d = 3, 12, 8
+    mask = compute_mask(torch.tensor([12, 9, 5]), T, 0.2, 3, g)
+    targets = torch.randn(B, T, d, generator=g, dtype=torch.float64)
+    for b in range(2):  # two masked steps of utterance b share one codevector
+        s, t = mask[b].nonzero()[:2, 0].tolist()
+        targets[b, t] = targets[b, s]
+    context = torch.randn(B, T, d, generator=g, dtype=torch.float64)
+    steps = negative_steps(mask, 20, gen(4))  # 20 draws: each masked step meets its twin
+    negatives = torch.stack([targets[b, steps[b]] for b in range(B)]) * mask[:, :, None, None]
+    assert torch.equal(negatives, sample_negatives(targets, mask, 20, gen(4)))
+    ref = reference_contrastive(context, targets, negatives, mask, 0.1)
+    assert ref < reference_contrastive(context, targets, negatives, mask, 0.1, skip_identical=False) - 1e-3
+    grads = []
+    for given in ({"negative_steps": steps}, {"negatives": negatives}):
+        c, q = context.clone().requires_grad_(True), targets.clone().requires_grad_(True)
+        if "negatives" in given:
+            given = {"negatives": torch.stack([q[b, steps[b]] for b in range(B)]) * mask[:, :, None, None]}
+        logits = contrastive_logits(c, q, mask, 0.1, **given)
+        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+        assert float(loss.detach()) == pytest.approx(ref, abs=1e-12)
+        loss.backward()
+        grads.append((c.grad, q.grad))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="exactly one"):
+        contrastive_logits(context, targets, mask, 0.1)
 
 
 def test_contrastive_ignores_unmasked_steps_and_has_finite_gradients():
@@ -364,7 +398,7 @@ def test_forward_outputs_and_transformer_input():
     frames = (((lengths - 10) // 5 + 1 - 3) // 2 + 1 - 3) // 2 + 1
     assert T == int(frames.max())
     assert out["context"].shape == out["targets"].shape == (B, T, 256)
-    assert out["negatives"].shape == (B, T, 100, 256) and out["probs"].shape == (2, 320)
+    assert out["negative_steps"].shape == (B, T, 100) and out["probs"].shape == (2, 320)
     assert not (out["mask"] & (torch.arange(T) >= frames[:, None])).any()
     # masked steps enter the transformer as the learned embedding, padding as zeros
     x = seen["x"]
