@@ -118,15 +118,33 @@ def paired_metrics(
     return retrieval_metrics(a, b, labels, labels, chunk_size=chunk_size)
 
 
+def mean_pairwise_cosine(x: np.ndarray | torch.Tensor) -> float:
+    """Mean cosine similarity over all pairs of distinct rows: near 1 when embeddings have collapsed."""
+    x = torch.nn.functional.normalize(torch.as_tensor(x, dtype=torch.float64), dim=1)
+    n = len(x)
+    if n < 2:
+        raise ValueError(f"the mean pairwise cosine needs at least 2 embeddings, got {n}")
+    total = x.sum(0)
+    return float((total @ total - (x * x).sum()) / (n * (n - 1)))  # sum over i != j of x_i . x_j
+
+
 def format_table(results: dict[str, dict[str, float]]) -> str:
-    """A plain-text table: one row per direction (``t2v``, ``v2t``, ...), one column per metric."""
+    """A plain-text table: one row per direction (``t2v``, ``v2t``, ...), one column per metric.
+
+    A ``cosine`` entry (mean pairwise cosine per embedding space) follows the table on a line of its own.
+    """
     cols = [f"R@{k}" for k in RECALL_KS] + ["MedR", "MnR", "num_queries"]
     head = f"{'task':<6}" + "".join(f"{c:>12}" for c in cols)
     lines = [head, "-" * len(head)]
     for task, m in results.items():
+        if task == "cosine":
+            continue
         cells = []
         for c in cols:
             v = m.get(c)
             cells.append(f"{'-':>12}" if v is None else f"{v:>12d}" if c == "num_queries" else f"{v:>12.2f}")
         lines.append(f"{task:<6}" + "".join(cells))
+    if "cosine" in results:
+        spaces = ", ".join(f"{k} {v:.3f}" for k, v in results["cosine"].items())
+        lines.append(f"mean pairwise cosine of the embeddings: {spaces}")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from data.tokenizer import Tokenizer
 from data.transforms import PreprocessConfig
 from eval.embed import ManifestEmbeddings, embed_manifest
 from eval.index import MAX_EF_SEARCH, IndexBuildError, RetrievalIndex
-from eval.metrics import format_table, paired_metrics, text_video_metrics
+from eval.metrics import format_table, mean_pairwise_cosine, paired_metrics, text_video_metrics
 from eval.vatt_export import export_fingerprint, load_vatt_export
 from train.export import ExportError
 
@@ -39,7 +39,9 @@ logger = logging.getLogger(__name__)
 
 
 def metrics_from_embeddings(emb: ManifestEmbeddings) -> dict[str, dict[str, float]]:
-    """``t2v``/``v2t`` over the captions and ``v2a``/``a2v`` over the videos with audio (whichever exist)."""
+    """``t2v``/``v2t`` over the captions and ``v2a``/``a2v`` over the videos with audio (whichever exist),
+    and ``cosine``: the mean pairwise cosine of the video, audio and caption embeddings in each space, which
+    tells a spread-out space (near 0) from a collapsed one (near 1)."""
     results: dict[str, dict[str, float]] = {}
     if len(emb.captions):
         results.update(text_video_metrics(emb.text_vt, emb.video_vt, emb.caption_video))
@@ -51,6 +53,9 @@ def metrics_from_embeddings(emb: ManifestEmbeddings) -> dict[str, dict[str, floa
         results["a2v"] = paired_metrics(emb.audio_va[with_audio], emb.video_va[with_audio])
     else:
         logger.warning("no video of the manifest has audio: no video<->audio metrics")
+    spaces = {"video_va": emb.video_va, "video_vt": emb.video_vt, "audio_va": emb.audio_va[with_audio]}
+    spaces["text_vt"] = emb.text_vt
+    results["cosine"] = {k: mean_pairwise_cosine(v) for k, v in spaces.items() if len(v) >= 2}
     return results
 
 
@@ -106,7 +111,7 @@ def evaluate_retrieval(
     max_fail_fraction: float = 0.01,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Exact retrieval metrics ``{"t2v", "v2t", "v2a", "a2v"}`` of ``model`` on ``manifest``.
+    """Exact retrieval metrics ``{"t2v", "v2t", "v2a", "a2v"}`` and ``cosine`` of ``model`` on ``manifest``.
 
     With ``index_dir`` the gallery is also saved as an index directory; it records ``fingerprint`` (read
     from ``export_dir`` when not given) so that only queries embedded by the same export are accepted.

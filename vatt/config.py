@@ -75,6 +75,9 @@ class VattConfig:
     patch_time: int = 4
     patch_size: int = 16
     audio_patch: int = 128
+    # "waveform": each patch of raw samples through a linear map (the paper); "spectrogram": the log-power
+    # spectrum around each patch (vatt.layers.patch_embed.SpectrogramEmbed), the same number of tokens
+    audio_input: str = "waveform"
     text_word_dim: int = 300  # the paper's frozen word2vec width; a linear layer maps it to the text width
     text_embed_file: str = ""  # optional frozen word-embedding matrix (see vatt.layers.word_embed)
     text_vocab_file: str = ""  # optional vocabulary of that matrix, one token per line (line i = id i)
@@ -112,6 +115,8 @@ class VattConfig:
             raise ValueError(f"num_frames={self.num_frames} must be a multiple of patch_time={self.patch_time}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
+        if self.audio_input not in ("waveform", "spectrogram"):
+            raise ValueError(f"audio_input={self.audio_input!r} must be 'waveform' or 'spectrogram'")
         if self.audio_samples < self.audio_patch:
             raise ValueError(f"audio_samples={self.audio_samples} is shorter than one audio_patch={self.audio_patch}")
         if not 0.0 < self.drop_token <= 1.0:

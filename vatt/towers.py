@@ -18,7 +18,7 @@ from vatt.config import EncoderConfig, VattConfig
 from vatt.encoder import Encoder
 from vatt.layers.drop import DropToken
 from vatt.layers.mask import make_pad_mask
-from vatt.layers.patch_embed import VoxelEmbed, WaveformEmbed, WordEmbed
+from vatt.layers.patch_embed import SpectrogramEmbed, VoxelEmbed, WaveformEmbed, WordEmbed
 from vatt.layers.pos_embed import SpatioTemporalPositions, TemporalPositions
 from vatt.layers.rel_pos_bias import RelativePositionBias
 from vatt.layers.word_embed import load_word_embeddings
@@ -85,13 +85,15 @@ class VideoTower(_Tower):
 
 
 class AudioTower(_Tower):
-    """Raw waveform (B, S) in [-1, 1] -> 128-sample patches + learned 1-D positions -> transformer."""
+    """Raw waveform (B, S) in [-1, 1] -> 128-sample patches (or their spectra) + learned 1-D positions ->
+    transformer."""
 
     def __init__(self, cfg: VattConfig, encoder: Encoder | None = None):
         super().__init__()
         enc = cfg.audio
         self.patch = cfg.audio_patch
-        self.patch_embed = WaveformEmbed(enc.embed_dim, cfg.audio_patch)
+        embed = SpectrogramEmbed if cfg.audio_input == "spectrogram" else WaveformEmbed
+        self.patch_embed = embed(enc.embed_dim, cfg.audio_patch)
         self.pos_embed = TemporalPositions(cfg.audio_tokens, enc.embed_dim, enc.dropout, enc.ln_eps, resample=True)
         self.drop_token = DropToken(cfg.drop_token)
         self._init_tower(enc, encoder, cfg.grad_checkpointing)

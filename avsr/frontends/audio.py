@@ -235,6 +235,13 @@ class Wav2Vec2AudioFrontend(nn.Module):
             self.model = factory(**kwargs)
             conv_layers = None  # the factories use the standard 7-layer extractor
         self.model.aux = None
+        # torchaudio leaves the conv feature encoder at PyTorch's default init, which shrinks the signal
+        # about 3x per layer: 0.002 rms features from speech at 0.1 rms through the 6-layer CPU encoder, below
+        # the feature projection's layer-norm eps, so pretraining starts from noise-driven codes. Kaiming
+        # normal, as the released wav2vec 2.0 initialises these layers, keeps them near unit scale.
+        for module in self.model.feature_extractor.modules():
+            if isinstance(module, nn.Conv1d):
+                nn.init.kaiming_normal_(module.weight)
         self.token_hop = _extractor_hop(conv_layers)
         self.samples_per_frame = samples_per_frame
         self.out_dim = self.model.encoder.feature_projection.projection.out_features

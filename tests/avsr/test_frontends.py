@@ -122,6 +122,23 @@ def test_wav2vec2_weights_from_a_local_file(tmp_path):
         read_state_dict(tmp_path / "not_a_state_dict.pt")
 
 
+def test_wav2vec2_feature_encoder_starts_near_unit_scale():
+    """A fresh conv feature encoder keeps speech-level input near unit scale through six layers (kaiming
+    normal, as the released wav2vec 2.0); PyTorch's default init would leave it about 1000x smaller."""
+    layers = [(64, 10, 5), (64, 3, 2), (64, 3, 2), (64, 3, 2), (64, 2, 2), (64, 2, 2)]
+    torch.manual_seed(0)
+    frontend = Wav2Vec2AudioFrontend(640, "custom", {**TINY_W2V, "extractor_mode": "group_norm",
+                                                     "extractor_conv_layer_config": layers})  # fmt: skip
+    audio = 0.1 * torch.randn(4, 16000)
+    z, _ = frontend.model.feature_extractor(audio, torch.full((4,), 16000))
+    assert 0.1 < float(z.pow(2).mean().sqrt()) < 10.0
+    for module in frontend.model.feature_extractor.modules():
+        if isinstance(module, torch.nn.Conv1d):
+            torch.nn.init.kaiming_uniform_(module.weight, a=5**0.5)  # PyTorch's default
+    z, _ = frontend.model.feature_extractor(audio, torch.full((4,), 16000))
+    assert float(z.pow(2).mean().sqrt()) < 0.01
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["modality-specific", "modality-agnostic"])
 def test_vatt_towers_load_from_a_vatt_state_dict(shared):
     torch.manual_seed(0)

@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 
 from eval.metrics import (
     format_table,
+    mean_pairwise_cosine,
     paired_metrics,
     rank_metrics,
     ranks_from_embeddings,
@@ -133,3 +135,14 @@ def test_rank_metrics_values_and_errors():
         ranks_from_scores(np.zeros((1, 3)), [9], [0, 1, 2])
     table = format_table({"t2v": m})
     assert "R@10" in table and "t2v" in table and "83.33" in table
+
+
+def test_mean_pairwise_cosine():
+    x = torch.randn(7, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    unit = x / x.norm(dim=1, keepdim=True)
+    pairs = [float(unit[i] @ unit[j]) for i in range(7) for j in range(7) if i != j]
+    assert mean_pairwise_cosine(3.0 * x) == pytest.approx(sum(pairs) / len(pairs), abs=1e-12)
+    assert mean_pairwise_cosine(torch.ones(4, 3) + 1e-4 * x[:4, :3]) == pytest.approx(1.0, abs=1e-6)
+    assert mean_pairwise_cosine(torch.cat([x, -x])) < 0  # every row has its opposite
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_pairwise_cosine(x[:1])

@@ -96,6 +96,14 @@ def test_evaluate_retrieval_equals_brute_force(corpus, exp, tmp_path):
     va, aa = emb.video_va.numpy()[with_audio], emb.audio_va.numpy()[with_audio]
     want["v2a"] = summary(brute_force_ranks(va @ aa.T, np.arange(5), np.arange(5)))
     want["a2v"] = summary(brute_force_ranks(aa @ va.T, np.arange(5), np.arange(5)))
+
+    def pairwise(x: np.ndarray) -> float:  # the mean cosine over ordered pairs i != j, by loops
+        x = x.astype(np.float64)
+        cos = [x[i] @ x[j] / np.linalg.norm(x[i]) / np.linalg.norm(x[j]) for i in range(len(x)) for j in range(len(x))]
+        return float(np.mean([c for k, c in enumerate(cos) if k // len(x) != k % len(x)]))
+
+    spaces = {"video_va": emb.video_va.numpy(), "video_vt": v, "audio_va": aa, "text_vt": t}
+    want["cosine"] = {k: pairwise(x) for k, x in spaces.items()}
     assert set(results) == set(want)
     for task in want:
         for key, value in want[task].items():

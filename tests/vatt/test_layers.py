@@ -9,6 +9,7 @@ import torch
 from vatt.layers import (
     CrossProcessBatchNorm1d,
     RelativePositionBias,
+    SpectrogramEmbed,
     make_pad_mask,
     relative_position_bucket,
     resample_positions,
@@ -68,3 +69,24 @@ def test_batchnorm_without_process_group_is_plain_batchnorm(momentum):
     torch.testing.assert_close(ours.running_var, ref.running_var)
     ours.eval(), ref.eval()
     torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_spectrogram_embed_matches_a_float64_reference():
+    """Token i's features: log power of the Hann-windowed 2p samples centred on patch i (numpy's rfft in
+    float64, zeros past the ends), standardised over the clip; invariant to the clip's gain."""
+    p, S = 16, 16 * 7 + 5  # a trailing partial patch is dropped
+    embed = SpectrogramEmbed(8, p)
+    audio = torch.randn(2, S, generator=torch.Generator().manual_seed(0))
+    audio[1, : S // 2] *= 0.01  # a quiet half stays quiet relative to the loud one
+    x = np.pad(audio.double().numpy()[:, : 7 * p], ((0, 0), (p // 2, p // 2)))
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(2 * p) / (2 * p))
+    frames = np.stack([x[:, i * p : i * p + 2 * p] for i in range(7)], axis=1)  # (B, 7, 2p)
+    logp = np.log(np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2 + 1e-10)
+    ref = (logp - logp.mean((1, 2), keepdims=True)) / logp.std((1, 2), ddof=1, keepdims=True)
+    got = embed.features(audio)
+    assert got.shape == (2, 7, p + 1)
+    np.testing.assert_allclose(got.numpy(), ref, atol=2e-4)
+    torch.testing.assert_close(embed.features(5.0 * audio), got, atol=2e-4, rtol=0)
+    assert embed(audio).shape == (2, 7, 8)
+    with pytest.raises(ValueError, match="even"):
+        SpectrogramEmbed(8, 15)

@@ -5,7 +5,7 @@ from vatt.layers.batchnorm import CrossProcessBatchNorm1d
 from vatt.layers.drop import DropPath, DropToken
 from vatt.layers.mask import make_pad_mask
 from vatt.layers.mlp import Mlp
-from vatt.layers.patch_embed import VoxelEmbed, WaveformEmbed, WordEmbed
+from vatt.layers.patch_embed import SpectrogramEmbed, VoxelEmbed, WaveformEmbed, WordEmbed
 from vatt.layers.pos_embed import SpatioTemporalPositions, TemporalPositions, resample_positions
 from vatt.layers.rel_pos_bias import RelativePositionBias, relative_position_bucket
 from vatt.layers.word_embed import load_word_embeddings
@@ -18,6 +18,7 @@ __all__ = [
     "Mlp",
     "RelativePositionBias",
     "SpatioTemporalPositions",
+    "SpectrogramEmbed",
     "TemporalPositions",
     "VoxelEmbed",
     "WaveformEmbed",

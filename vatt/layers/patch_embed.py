@@ -1,4 +1,4 @@
-"""Tokenizers: raw video voxels, raw waveform patches and word ids to token embeddings."""
+"""Tokenizers: raw video voxels, raw waveform patches (or their spectra) and word ids to token embeddings."""
 
 from __future__ import annotations
 
@@ -28,6 +28,40 @@ class WaveformEmbed(nn.Module):
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         return self.proj(audio[:, None]).transpose(1, 2)  # (B, 1, S) -> (B, D, n) -> (B, n, D)
+
+
+class SpectrogramEmbed(nn.Module):
+    """Waveform (B, S) to tokens (B, n, D): one log-power spectrum per ``patch`` samples, then a Linear.
+
+    Token i reads the Hann-windowed ``2 * patch`` samples centred on patch i (zeros beyond the ends), so
+    there are ``S // patch`` tokens, as from :class:`WaveformEmbed`. The log spectrogram is standardised
+    over each clip's time and frequency, which keeps the clip's loud and quiet moments apart but not its
+    overall gain. Unlike raw patches, the spectrum does not depend on where a period starts in the patch:
+    on short windows of speech that invariance is what a small tower cannot learn from raw samples.
+    """
+
+    def __init__(self, embed_dim: int, patch: int):
+        super().__init__()
+        if patch % 2:
+            raise ValueError(f"audio_patch={patch} must be even for the spectrogram input")
+        self.patch = patch
+        self.register_buffer("window", torch.hann_window(2 * patch, periodic=True), persistent=False)
+        self.proj = nn.Linear(patch + 1, embed_dim)
+
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
+        """The standardised log-power spectra (B, n, patch + 1), computed in float32 at least."""
+        p = self.patch
+        n = audio.shape[1] // p
+        x = audio[:, : n * p].to(torch.promote_types(audio.dtype, torch.float32))
+        x = nn.functional.pad(x, (p // 2, p // 2))  # frame i covers samples [i p - p/2, i p + 3p/2)
+        spec = torch.stft(x, 2 * p, hop_length=p, window=self.window.to(x.dtype), center=False, return_complex=True)
+        logp = torch.log(spec.real.square() + spec.imag.square() + 1e-10).transpose(1, 2)  # (B, n, p + 1)
+        mean = logp.mean((1, 2), keepdim=True)
+        std = logp.std((1, 2), keepdim=True).clamp(min=1e-5)
+        return (logp - mean) / std
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(audio).to(self.proj.weight.dtype))
 
 
 class WordEmbed(nn.Module):
