@@ -98,6 +98,7 @@ RANGES = {
     "data.synth_val": (">=", 1),
     "data.vocab_size": (">=", 8),
     "data.num_workers": (">=", 0),
+    "data.groups_per_batch": (">=", 0),
     "data.decode_threads": (">=", 0),
     "data.cache_mb": (">=", 0),
     "data.max_fail_fraction": ("in", 0, 1),

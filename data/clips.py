@@ -11,7 +11,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from data.collate import collate
 from data.manifest import ManifestDataset, ManifestEntry, read_manifest
-from data.sampling import SeededItems, StepBatchSampler
+from data.sampling import GroupedStepBatchSampler, SeededItems, StepBatchSampler
 from data.synth import shapes
 from data.tokenizer import Tokenizer, train_tokenizer
 from data.transforms import PreprocessConfig
@@ -37,6 +37,11 @@ class DataConfig:
     cache_mb: float = 1024
     max_fail_fraction: float = 0.01
     shuffle_captions: bool = False  # control run: captions permuted across training videos
+    # 0: batches drawn from all training videos. N: each batch from N groups of videos, a group being the
+    # videos of one folder (in LRS2's layout, one programme; in the speech corpus, one speaker). Clips of
+    # one speaker share a face and a voice, so with few speakers in a batch the video-audio NCE cannot be
+    # won by recognising who speaks and has to match what is said.
+    groups_per_batch: int = 0
 
 
 def read_manifests(d: DataConfig, seed: int) -> tuple[list[list[ManifestEntry]], str]:
@@ -97,10 +102,12 @@ def clip_loader(
         for dataset in datasets:
             dataset.prefill(num_workers=prefill_workers, progress=progress)
     train_set = ConcatDataset(datasets)
-    sampler = StepBatchSampler(
-        len(train_set), micro_batch, seed=seed, rank=rank, world_size=world_size, start_step=start_step,
-        max_steps=max_steps,
-    )  # fmt: skip
+    steps = {"seed": seed, "rank": rank, "world_size": world_size, "start_step": start_step, "max_steps": max_steps}
+    if d.groups_per_batch:
+        folders = [str(Path(e.media).parent) for m in manifests for e in m]
+        sampler: StepBatchSampler = GroupedStepBatchSampler(folders, micro_batch, d.groups_per_batch, **steps)
+    else:
+        sampler = StepBatchSampler(len(train_set), micro_batch, **steps)
     # The loader's own generator: creating its iterator must not consume the global RNG that DropToken
     # draws from, or a resumed run would drift from an uninterrupted one.
     return DataLoader(

@@ -10,7 +10,7 @@ process or how many workers loaded it.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -76,6 +76,58 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         if self.max_steps is None:
             raise TypeError("an endless StepBatchSampler has no length")
         return max(0, self.max_steps - self.start_step)
+
+
+class GroupedStepBatchSampler(StepBatchSampler):
+    """A :class:`StepBatchSampler` whose global batch of each step comes from ``groups_per_batch`` groups.
+
+    ``groups[i]`` names item i's group (e.g. its speaker). At every step that many distinct groups are
+    drawn, then a near-equal share of the batch from each, distinct items while a group has enough of
+    them. The draw is a pure function of ``(seed, step)``, so resuming and any number of processes see
+    the same batches as :class:`StepBatchSampler` does; groups are visited at random, not in epochs.
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[Hashable],
+        global_batch: int,
+        groups_per_batch: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        start_step: int = 0,
+        max_steps: int | None = None,
+    ) -> None:
+        super().__init__(
+            len(groups), global_batch, seed=seed, rank=rank, world_size=world_size, start_step=start_step,
+            max_steps=max_steps,
+        )  # fmt: skip
+        members: dict[Hashable, list[int]] = {}
+        for i, g in enumerate(groups):
+            members.setdefault(g, []).append(i)
+        self.members = [torch.tensor(v) for v in members.values()]
+        if not 1 <= groups_per_batch <= min(len(self.members), global_batch):
+            raise ValueError(
+                f"groups_per_batch={groups_per_batch}: expected 1 to {min(len(self.members), global_batch)} "
+                f"({len(self.members)} groups, batch {global_batch})"
+            )
+        self.groups_per_batch = groups_per_batch
+
+    def global_indices(self, step: int) -> list[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 999_983 * (step + 1))
+        chosen = torch.randperm(len(self.members), generator=g)[: self.groups_per_batch].tolist()
+        share, extra = divmod(self.global_batch, self.groups_per_batch)
+        index: list[int] = []
+        for k, group in enumerate(chosen):
+            members, n = self.members[group], share + (k < extra)
+            if len(members) >= n:
+                picks = torch.randperm(len(members), generator=g)[:n]
+            else:
+                picks = torch.randint(len(members), (n,), generator=g)
+            index += members[picks].tolist()
+        first = step * self.global_batch
+        return [(i, (self.seed * 7_919 + first + j) % (2**31 - 1)) for j, i in enumerate(index)]
 
 
 class SeededItems(Dataset):

@@ -101,6 +101,7 @@ class VattConfig:
     vt_dim: int = 256
     bn_momentum: float = 0.1  # TF's 0.9 decay
     bn_eps: float = 1e-5
+    audio_head_bn: bool = False  # a batch norm after the audio -> S_va projection (vatt.heads.FACHead)
 
     def __post_init__(self) -> None:
         for k in ("video", "audio", "text"):

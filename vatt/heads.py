@@ -4,6 +4,10 @@ Following the released code (``FACHead``; Alayrac et al. 2020 for the FAC design
 - video -> S_va: Linear (no bias) - BN - ReLU - Linear (no bias) - BN
 - S_va  -> S_vt: ReLU - Linear (no bias) - BN   (applied to the video's S_va vector before normalisation)
 - audio -> S_va: Linear;  text -> S_vt: Linear
+- with ``audio_bn``: audio -> S_va: Linear (no bias) - BN. Not in the released code: there the audio
+  embeddings share one large common component while the tower's outputs barely differ from clip to clip
+  (as at the start of training from scratch), and normalised embeddings that differ by little give the
+  NCE almost no gradient; the batch norm removes that component, as the video head's does.
 Batch norms use the cross-process layer (VATT uses cross-replica BN). The model L2-normalises the outputs.
 """
 
@@ -25,6 +29,7 @@ class FACHead(nn.Module):
         vt_dim: int = 256,
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
+        audio_bn: bool = False,
     ):
         super().__init__()
 
@@ -39,7 +44,10 @@ class FACHead(nn.Module):
             bn(va_dim),
         )
         self.va_to_vt = nn.Sequential(nn.ReLU(), nn.Linear(va_dim, vt_dim, bias=False), bn(vt_dim))
-        self.audio_to_va = nn.Linear(audio_dim, va_dim)
+        if audio_bn:
+            self.audio_to_va: nn.Module = nn.Sequential(nn.Linear(audio_dim, va_dim, bias=False), bn(va_dim))
+        else:
+            self.audio_to_va = nn.Linear(audio_dim, va_dim)
         self.text_to_vt = nn.Linear(text_dim, vt_dim)
         for m in self.modules():
             if isinstance(m, nn.Linear):

@@ -44,6 +44,7 @@ class VattModel(nn.Module):
             cfg.vt_dim,
             cfg.bn_momentum,
             cfg.bn_eps,
+            cfg.audio_head_bn,
         )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -2,10 +2,11 @@ import math
 import random
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import Dataset
 
-from data.sampling import SeededItems, StepBatchSampler
+from data.sampling import GroupedStepBatchSampler, SeededItems, StepBatchSampler
 from train.schedule import warmup_cosine
 
 
@@ -52,3 +53,30 @@ def test_warmup_cosine_endpoints_against_formula():
     assert m(10) == 1.0
     assert math.isclose(m(60), 0.5 + 0.5 * math.cos(math.pi / 4))
     assert math.isclose(m(110), 0.5) and math.isclose(m(500), 0.5)
+
+
+def test_grouped_batches_come_from_the_given_number_of_groups_resume_and_shard_alike():
+    groups = [f"speaker{i % 7}" for i in range(7 * 10)] + ["small"] * 3  # 7 groups of 10, one of 3
+    make = lambda **kw: GroupedStepBatchSampler(groups, 12, 3, seed=5, **kw)  # noqa: E731
+    whole = make(max_steps=40)
+    seen = set()
+    for step, batch in enumerate(whole):
+        assert len(batch) == 12
+        by_group: dict[str, list[int]] = {}
+        for index, _ in batch:
+            by_group.setdefault(groups[index], []).append(index)
+        assert len(by_group) == 3 and sorted(map(len, by_group.values())) == [4, 4, 4]
+        for name, members in by_group.items():  # distinct items where the group has enough
+            assert len(set(members)) == (4 if name != "small" else len(set(members)))
+        assert batch == whole.global_indices(step)
+        seen |= set(by_group)
+    assert seen == set(groups)  # every group is visited
+    seeds = [s for step in range(40) for _, s in whole.global_indices(step)]
+    assert len(set(seeds)) == len(seeds)  # each drawn item has its own augmentation seed
+    resumed = list(make(start_step=25, max_steps=40))
+    assert resumed == list(whole)[25:]
+    shards = [list(GroupedStepBatchSampler(groups, 12, 3, seed=5, rank=r, world_size=2, max_steps=5)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*shards)] == list(whole)[:5]
+    assert list(GroupedStepBatchSampler(groups, 12, 3, seed=6, max_steps=5)) != list(whole)[:5]
+    with pytest.raises(ValueError, match="groups_per_batch=9"):
+        GroupedStepBatchSampler(groups, 12, 9)
