@@ -5,7 +5,10 @@ front-end (3D stem + ResNet over grayscale mouth crops) or the audio front-end (
 waveform) of an AVSR model, and the LRS2 preprocessing it was trained with. :class:`FrontendTower` reads
 a downstream example as :class:`data.lrs2.LRS2Dataset` reads an utterance in evaluation (every frame at
 the export's frame rate; the fixed mouth box, resized, centre-cropped and normalised; or the waveform at
-its sample rate), runs the front-end, and averages its per-frame features over the clip's real frames.
+its sample rate), runs the front-end, and averages its per-frame features over each of ``SEGMENTS``
+consecutive stretches of the clip's real frames, concatenated: an LRW clip centres its word among its
+neighbours, and one mean over all frames would mix them; three keep the coarse order (beginning, word,
+end) that a linear probe can use.
 ``init="random"`` builds the same front-end from a seed instead of loading its weights.
 
 It offers what :class:`eval.downstream.harness.FeatureCache` asks of a tower (:meth:`decode`,
@@ -34,6 +37,7 @@ from eval.downstream.towers import ClipFeatures
 from train.export import ExportError, read_export
 
 STREAMS = {"video": ("v", "video_frontend."), "audio": ("a", "audio_frontend.")}
+SEGMENTS = 3
 
 
 def load_frontend_tower(
@@ -66,15 +70,16 @@ def load_frontend_tower(
 
 
 class FrontendTower(nn.Module):
-    """A visual or audio AVSR front-end reading downstream examples; features are per-frame outputs
-    averaged over the real frames (``dim`` wide)."""
+    """A visual or audio AVSR front-end reading downstream examples; features are per-frame outputs averaged
+    over each of ``segments`` consecutive stretches of the real frames and concatenated (``dim`` wide)."""
 
     tokenizer = None  # no text tower: the harness leaves zero-shot out
 
-    def __init__(self, frontend: nn.Module, modality: str, lrs2: LRS2Config) -> None:
+    def __init__(self, frontend: nn.Module, modality: str, lrs2: LRS2Config, segments: int = SEGMENTS) -> None:
         super().__init__()
         self.frontend, self.modality, self.lrs2 = frontend, modality, lrs2
-        self.dim = int(frontend.out_dim)
+        self.segments = segments
+        self.dim = segments * int(frontend.out_dim)
         self.mouth = MouthTransform(dataclasses.replace(lrs2, hflip_prob=0.0), train=False)
 
     @property
@@ -117,7 +122,7 @@ class FrontendTower(nn.Module):
         max_fail_fraction: float = 0.01,
     ) -> ClipFeatures:
         """Clip features (K, D) of the items that decoded, and their positions ``kept``. ``pool`` is accepted
-        for the harness's sake: a front-end has one pooling, the mean over frames."""
+        for the harness's sake: a front-end has one pooling, the segment means of :func:`segment_means`."""
         if hop is not None:
             raise ValueError("a front-end tower gives clip features only, not frame features")
         failures = FailureTracker(max_fail_fraction=max_fail_fraction)
@@ -131,7 +136,19 @@ class FrontendTower(nn.Module):
             chunk = [items[i]["input"] for i in good[s : s + batch_size]]
             lengths = torch.tensor([x.shape[0] for x in chunk], device=self.device)
             feats, frames = self.frontend(pad_stack(chunk).to(self.device), lengths)  # (B, T, D), (B,)
-            valid = (torch.arange(feats.shape[1], device=self.device)[None] < frames[:, None]).to(feats.dtype)
-            outs.append((feats * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp_min(1))
+            outs.append(segment_means(feats, frames, self.segments).flatten(1))
         features = torch.cat(outs).cpu() if outs else torch.zeros(0, self.dim)
         return ClipFeatures(features, torch.tensor(good, dtype=torch.int64))
+
+
+def segment_means(x: torch.Tensor, lengths: torch.Tensor, segments: int) -> torch.Tensor:
+    """(B, T, D) frames with ``lengths`` real ones -> (B, segments, D): segment s averages the real frames
+    ``[s n // segments, (s + 1) n // segments)`` of a clip of n, at least the first of them when n < segments."""
+    t = torch.arange(x.shape[1], device=x.device)
+    n = lengths.to(x.device)[:, None]  # (B, 1)
+    s = torch.arange(segments, device=x.device)[None]  # (1, S)
+    start = torch.minimum(s * n // segments, n - 1)
+    end = torch.maximum((s + 1) * n // segments, start + 1)  # (B, S)
+    inside = (t[None, None] >= start[..., None]) & (t[None, None] < end[..., None])  # (B, S, T)
+    weights = inside.to(x.dtype) / inside.sum(-1, keepdim=True).to(x.dtype)
+    return torch.einsum("bst,btd->bsd", weights, x)

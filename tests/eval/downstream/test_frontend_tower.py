@@ -14,7 +14,7 @@ from data.downstream import Example
 from data.lrs2 import LRS2Config
 from data.synth.mediawriter import write_mp4
 from eval.downstream.__main__ import main
-from eval.downstream.frontend_tower import load_frontend_tower
+from eval.downstream.frontend_tower import load_frontend_tower, segment_means
 from tests.data.downstream.conftest import write_lrw
 from train.export import ExportError, read_export, save_export
 
@@ -61,7 +61,7 @@ def test_decode_cuts_the_mouth_box_and_normalises_as_the_avsr_dataset(files):
         assert item["input"].std().item() < 0.1
 
 
-def test_clip_features_are_the_frame_mean_of_the_front_end_padding_aside(files):
+def test_clip_features_are_segment_means_of_the_front_end_padding_aside(files):
     tower = load_frontend_tower(files["export"], "video")
     items = tower.decode([Example(0, files["short"]), Example(1, files["long"])], progress=False)
     feats, kept = tower.item_features(items, progress=False, batch_size=2)  # one padded batch
@@ -73,7 +73,17 @@ def test_clip_features_are_the_frame_mean_of_the_front_end_padding_aside(files):
     for row, item in enumerate(items):
         x = item["input"].double()[None]  # one clip alone, no padding, float64
         out, _ = reference(x, torch.tensor([x.shape[1]]))
-        torch.testing.assert_close(feats[row].double(), out[0].mean(0), rtol=1e-4, atol=1e-5)
+        n = out.shape[1]
+        parts = [out[0, s * n // 3 : (s + 1) * n // 3].mean(0) for s in range(3)]  # 6 and 11 frames: no empty one
+        torch.testing.assert_close(feats[row].double(), torch.cat(parts), rtol=1e-4, atol=1e-5)
+
+
+def test_segment_means_of_short_clips_reuse_their_frames():
+    x = torch.arange(12, dtype=torch.float64).view(1, 4, 3).repeat(3, 1, 1)  # frame t holds 3t, 3t+1, 3t+2
+    out = segment_means(x, torch.tensor([4, 2, 1]), 3)
+    torch.testing.assert_close(out[0], torch.stack([x[0, 0], x[0, 1], x[0, 2:4].mean(0)]))
+    torch.testing.assert_close(out[1], torch.stack([x[0, 0], x[0, 0], x[0, 1]]))
+    torch.testing.assert_close(out[2], x[0, :1].expand(3, -1))
 
 
 def test_random_init_is_the_seeded_architecture_and_differs_from_the_export(files):
@@ -93,7 +103,7 @@ def test_a_file_that_cannot_be_read_is_listed_not_fatal_within_budget(files, tmp
     tower = load_frontend_tower(files["export"], "video")
     items = tower.decode([Example(0, files["short"]), Example(0, bad)], progress=False)
     feats, kept = tower.item_features(items, progress=False, max_fail_fraction=0.5)
-    assert kept.tolist() == [0] and feats.shape == (1, 512)
+    assert kept.tolist() == [0] and feats.shape == (1, 3 * 512) == (1, tower.dim)
 
 
 def test_an_export_of_the_other_stream_is_refused_by_name(files):
