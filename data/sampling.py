@@ -87,22 +87,9 @@ class GroupedStepBatchSampler(StepBatchSampler):
     the same batches as :class:`StepBatchSampler` does; groups are visited at random, not in epochs.
     """
 
-    def __init__(
-        self,
-        groups: Sequence[Hashable],
-        global_batch: int,
-        groups_per_batch: int,
-        *,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        start_step: int = 0,
-        max_steps: int | None = None,
-    ) -> None:
-        super().__init__(
-            len(groups), global_batch, seed=seed, rank=rank, world_size=world_size, start_step=start_step,
-            max_steps=max_steps,
-        )  # fmt: skip
+    def __init__(self, groups: Sequence[Hashable], global_batch: int, groups_per_batch: int, **steps: Any) -> None:
+        """``steps``: :class:`StepBatchSampler`'s keywords (seed, rank, world_size, start_step, max_steps)."""
+        super().__init__(len(groups), global_batch, **steps)
         members: dict[Hashable, list[int]] = {}
         for i, g in enumerate(groups):
             members.setdefault(g, []).append(i)
