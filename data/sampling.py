@@ -55,13 +55,17 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
             self._perms = {epoch: torch.randperm(self.num_items, generator=g)}
         return self._perms[epoch]
 
+    def item_seed(self, pos: int) -> int:
+        """The augmentation seed of the item drawn at position ``pos`` of the whole stream (step * batch + slot)."""
+        return (self.seed * 7_919 + pos) % (2**31 - 1)
+
     def global_indices(self, step: int) -> list[tuple[int, int]]:
         """All ``(index, item_seed)`` pairs of the global batch of ``step``."""
         out = []
         for pos in range(step * self.global_batch, (step + 1) * self.global_batch):
             epoch, offset = divmod(pos, self.num_items)
             index = int(self._perm(epoch)[offset])
-            out.append((index, (self.seed * 7_919 + pos) % (2**31 - 1)))
+            out.append((index, self.item_seed(pos)))
         return out
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -114,7 +118,7 @@ class GroupedStepBatchSampler(StepBatchSampler):
                 picks = torch.randint(len(members), (n,), generator=g)
             index += members[picks].tolist()
         first = step * self.global_batch
-        return [(i, (self.seed * 7_919 + first + j) % (2**31 - 1)) for j, i in enumerate(index)]
+        return [(i, self.item_seed(first + j)) for j, i in enumerate(index)]
 
 
 class SeededItems(Dataset):

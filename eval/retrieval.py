@@ -53,8 +53,9 @@ def metrics_from_embeddings(emb: ManifestEmbeddings) -> dict[str, dict[str, floa
         results["a2v"] = paired_metrics(emb.audio_va[with_audio], emb.video_va[with_audio])
     else:
         logger.warning("no video of the manifest has audio: no video<->audio metrics")
-    spaces = {"video_va": emb.video_va, "video_vt": emb.video_vt, "audio_va": emb.audio_va[with_audio]}
-    spaces["text_vt"] = emb.text_vt
+    spaces = {
+        "video_va": emb.video_va, "video_vt": emb.video_vt, "audio_va": emb.audio_va[with_audio], "text_vt": emb.text_vt
+    }  # fmt: skip
     results["cosine"] = {k: mean_pairwise_cosine(v) for k, v in spaces.items() if len(v) >= 2}
     return results
 

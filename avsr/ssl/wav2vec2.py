@@ -37,9 +37,9 @@ __all__ = [
     "Wav2Vec2SslConfig",
     "codebook_perplexity",
     "compute_mask",
+    "contrastive_logits",
     "diversity_penalty",
     "frontend_state_dict",
-    "contrastive_logits",
     "negative_steps",
     "sample_negatives",
 ]
